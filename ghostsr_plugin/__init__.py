@@ -1,0 +1,13 @@
+"""GhostSR for BasicSR: Ghost versions of EDSR, RDN, CARN and CARN_M (Nie et al., "GhostSR: Learning Ghost Features
+for Efficient Image Super-Resolution"), plain RDN/CARN/CARN_M baselines, and GhostSRModel.
+
+Importing this package registers its archs and models into BasicSR's registries.
+"""
+import ghostsr_autoload
+
+ghostsr_autoload.install_compat()  # BasicSR 1.4.2 needs it before its first import
+
+from ghostsr_plugin import archs, models  # noqa: E402,F401  (registration)
+from ghostsr_plugin.ops.backend import backend_name  # noqa: E402,F401
+
+__version__ = '0.1.0'

@@ -1,0 +1,219 @@
+"""The ghost module of GhostSR (Nie et al., §3.1) and the per-network Gumbel driver.
+
+``GhostConv2d`` is a drop-in for a k×k ``nn.Conv2d(in, out)``: a real convolution makes the (1-λ)·c_o
+intrinsic features, the λ·c_o ghost features are intrinsic ones moved by one offset per layer. It subclasses
+``nn.Conv2d`` so its parameters keep the plain layer's state-dict names (``weight``, ``bias``) with fewer output
+filters; it adds ``shift_logits`` (W' of Eq. 3-4, learnable mode) and the channel map buffer ``ghost_index``.
+
+``GhostSchedule`` lives in each Ghost network as ``net.ghost_schedule``: at the start of every forward it picks
+the offset of all the network's learnable ghost layers in one go (one host sync per forward), from the Gumbel
+schedule of :mod:`ghostsr_plugin.ops.gumbel` when training, or argmax W' in ``eval()``.
+"""
+import warnings
+
+import torch
+from torch import nn
+
+from ghostsr_plugin.ops.gumbel import gumbel_schedule, hard_offsets, sample_offsets
+from ghostsr_plugin.ops.shift import centre_offset, ghost_shift, shift_to_offset, window_size
+
+__all__ = ['SHIFT_MODES', 'GhostConv2d', 'GhostOptions', 'GhostSchedule', 'ghost_layers', 'ghost_offsets', 'check_ghost_options']
+
+SHIFT_MODES = ('learnable', 'fixed', 'copy')
+
+
+def check_ghost_options(ghost_ratio, ghost_d, shift_mode, where='network_g'):
+    """Raise a ValueError naming the bad ghost option and what is allowed."""
+    if not isinstance(ghost_ratio, (int, float)) or not 0 < ghost_ratio < 1:
+        raise ValueError(f'{where}: ghost_ratio (λ, the share of ghost features) must be in (0, 1), got {ghost_ratio!r}')
+    if isinstance(ghost_d, bool) or not isinstance(ghost_d, int) or ghost_d < 1:
+        raise ValueError(f'{where}: ghost_d (maximum shift offset d) must be an integer >= 1, got {ghost_d!r}')
+    if shift_mode not in SHIFT_MODES:
+        raise ValueError(f'{where}: shift_mode must be one of {", ".join(SHIFT_MODES)}; got {shift_mode!r}')
+
+
+def num_intrinsic_channels(out_channels, ratio, groups=1):
+    """(1-λ)·c_o rounded to a multiple of ``groups``; the rest are ghosts."""
+    num = int(round((1 - ratio) * out_channels / groups)) * groups
+    return num
+
+
+class GhostConv2d(nn.Conv2d):
+    """k×k convolution whose output is [intrinsic, ghost] features (Eq. 1-6).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, groups, bias: as ``nn.Conv2d`` for the full
+            layer; ``padding`` defaults to ``kernel_size // 2``.
+        ratio (float): λ, the share of ghost features, in (0, 1). Default 0.5 (§4.1).
+        d (int): maximum offset; the offset lies in a (2d+1)×(2d+1) window. Default 1.
+        shift_mode (str): 'learnable' (Gumbel-softmax, Eq. 3-6), 'fixed' (the ``offset`` below, never learned)
+            or 'copy' (ghost = unshifted copy of its intrinsic feature; the paper's ablation).
+        offset (tuple[int, int]): (dy, dx) of 'fixed' mode, ``G[y, x] = I[y+dy, x+dx]``.
+            Default (0, -1): content moves one pixel to the right, the example of §3.1.
+        name (str): layer name used in error messages.
+    """
+
+    def __init__(self,
+                 in_channels,
+                 out_channels,
+                 kernel_size=3,
+                 stride=1,
+                 padding=None,
+                 groups=1,
+                 bias=True,
+                 ratio=0.5,
+                 d=1,
+                 shift_mode='learnable',
+                 offset=(0, -1),
+                 name=''):
+        check_ghost_options(ratio, d, shift_mode, where=name or 'GhostConv2d')
+        num_intrinsic = num_intrinsic_channels(out_channels, ratio, groups)
+        if not 0 < num_intrinsic < out_channels:
+            raise ValueError(f'{name or "GhostConv2d"}: ghost_ratio={ratio} leaves {num_intrinsic} intrinsic of '
+                             f'{out_channels} output channels (groups={groups}); a ghost layer needs at least one '
+                             'intrinsic and one ghost channel')
+        if padding is None:
+            padding = kernel_size // 2
+        super().__init__(in_channels, num_intrinsic, kernel_size, stride, padding, groups=groups, bias=bias)
+        self.full_out_channels = out_channels
+        self.ratio = ratio
+        self.d = d
+        self.shift_mode = shift_mode
+        self.name = name
+        self.register_buffer('ghost_index', torch.empty(out_channels, dtype=torch.long))
+        if shift_mode == 'learnable':
+            # W' of Eq. 3-4. Zero except a small random tie-break, so no direction is favoured at the start.
+            self.shift_logits = nn.Parameter(torch.randn(window_size(d)) * 1e-3)
+            self.fixed_offset = None
+        else:
+            self.shift_logits = None
+            self.fixed_offset = centre_offset(d) if shift_mode == 'copy' else shift_to_offset(*offset, d)
+        self.set_index(None)
+        self._plan = None  # (offset, probs) set by GhostSchedule for the current forward
+
+    @property
+    def num_intrinsic(self):
+        return self.out_channels
+
+    def set_index(self, index):
+        """Set the channel map (see :mod:`ghostsr_plugin.ops.shift`); ``None`` restores the default [I, G]."""
+        from ghostsr_plugin.ops.shift import default_index
+        if index is None:
+            index = default_index(self.full_out_channels, self.num_intrinsic)
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.shape != (self.full_out_channels, ) or int(index.min()) < 0 or int(index.max()) >= 2 * self.num_intrinsic:
+            raise ValueError(f'{self.name or "GhostConv2d"}: channel map must hold {self.full_out_channels} values in '
+                             f'[0, {2 * self.num_intrinsic - 1}], got shape {tuple(index.shape)}')
+        self.ghost_index.copy_(index.to(self.ghost_index.device))
+
+    def current_offset(self):
+        """(offset, probs) of this forward: planned by the network's GhostSchedule, or worked out here."""
+        if self.fixed_offset is not None:
+            return self.fixed_offset, None
+        if self._plan is not None:
+            return self._plan
+        if self.training:  # used outside a Ghost network: noise of scale 1 from the global RNG
+            noise = -torch.log(-torch.log(torch.rand_like(self.shift_logits).clamp(1e-20, 1 - 1e-7)))
+            probs = torch.softmax(self.shift_logits + noise, dim=0)
+            return int(probs.argmax()), probs
+        return int(self.shift_logits.argmax()), None
+
+    def forward(self, x):
+        intrinsic = super().forward(x)
+        offset, probs = self.current_offset()
+        return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs)
+
+    def extra_repr(self):
+        return (f'{super().extra_repr()}, full_out_channels={self.full_out_channels}, ratio={self.ratio}, '
+                f'd={self.d}, shift_mode={self.shift_mode}')
+
+
+def ghost_layers(net):
+    """All distinct GhostConv2d of ``net`` in registration order (shared layers once)."""
+    return [m for m in net.modules() if isinstance(m, GhostConv2d)]
+
+
+def ghost_offsets(net):
+    """{layer name: (dy, dx)} of every ghost layer, with the offset it uses in eval (argmax W', no noise)."""
+    from ghostsr_plugin.ops.shift import offset_to_shift
+    result = {}
+    for name, module in net.named_modules():
+        if isinstance(module, GhostConv2d):
+            offset = module.fixed_offset if module.fixed_offset is not None else int(module.shift_logits.argmax())
+            result[name] = offset_to_shift(offset, module.d)
+    return result
+
+
+class GhostSchedule(nn.Module):
+    """Per-network driver of the Gumbel schedule (Eq. 3-5).
+
+    GhostSRModel sets the iteration before each training step (:meth:`set_iteration`). Without it (e.g. BasicSR's
+    plain ``SRModel``) the schedule advances by itself, one iteration per training forward, with
+    ``iters_per_epoch`` from the network options, and warns once that GhostSRModel derives it from the data.
+    The persistent buffer ``iteration`` keeps the position across checkpoints.
+    """
+
+    def __init__(self, a=0.97, tau=1.0, iters_per_epoch=1000, seed=0):
+        super().__init__()
+        if not 0 < a <= 1:
+            raise ValueError(f'network_g: gumbel_a (noise decay a of Eq. 3) must be in (0, 1], got {a!r}')
+        if not tau > 0:
+            raise ValueError(f'network_g: gumbel_tau (temperature τ of Eq. 4) must be > 0, got {tau!r}')
+        self.a, self.tau, self.iters_per_epoch, self.seed = a, tau, int(iters_per_epoch), int(seed)
+        self.register_buffer('iteration', torch.zeros((), dtype=torch.long))
+        self.driven = False  # True once a GhostSRModel sets the iteration
+        self._warned = False
+
+    def set_iteration(self, current_iter, iters_per_epoch=None):
+        self.driven = True
+        self.iteration.fill_(current_iter)
+        if iters_per_epoch is not None:
+            self.iters_per_epoch = int(iters_per_epoch)
+
+    def state(self):
+        return gumbel_schedule(int(self.iteration), self.iters_per_epoch, self.a, self.tau, self.seed)
+
+    def plan(self, net, training):
+        """Choose the offsets of all learnable ghost layers of ``net`` for this forward."""
+        layers = [m for m in ghost_layers(net) if m.shift_logits is not None]
+        if not layers:
+            return
+        logits = torch.stack([m.shift_logits for m in layers])
+        if training:
+            if not self.driven:
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn('GhostSR: this Ghost network is trained without GhostSRModel; its Gumbel schedule '
+                                  f'advances one iteration per training forward with iters_per_epoch='
+                                  f'{self.iters_per_epoch} (network option). Use model_type: GhostSRModel to derive '
+                                  'it from the dataset, log τ/noise/offsets and keep DDP ranks in step.')
+                self.iteration += 1
+            offsets, probs = sample_offsets(logits, self.state())
+            for layer, offset, prob in zip(layers, offsets, probs):
+                layer._plan = (offset, prob)
+        else:
+            for layer, offset in zip(layers, hard_offsets(logits.detach())):
+                layer._plan = (offset, None)
+
+
+class GhostOptions:
+    """The ghost settings a Ghost network passes to each of its ghost layers (validated once)."""
+
+    def __init__(self, ghost_ratio=0.5, ghost_d=1, shift_mode='learnable', fixed_offset=(0, -1)):
+        check_ghost_options(ghost_ratio, ghost_d, shift_mode)
+        self.ratio, self.d, self.shift_mode, self.offset = ghost_ratio, ghost_d, shift_mode, tuple(fixed_offset)
+        if shift_mode == 'fixed':
+            shift_to_offset(*self.offset, ghost_d)  # raises if outside the window
+
+    def conv(self, in_channels, out_channels, kernel_size=3, groups=1, bias=True, name=''):
+        return GhostConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            groups=groups,
+            bias=bias,
+            ratio=self.ratio,
+            d=self.d,
+            shift_mode=self.shift_mode,
+            offset=self.offset,
+            name=name)
