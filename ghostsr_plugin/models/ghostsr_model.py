@@ -1,0 +1,177 @@
+import math
+import os
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from basicsr.data import build_dataset
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+from ghostsr_plugin.ops.ghost_conv import ghost_layers, ghost_offsets
+from ghostsr_plugin.ops.shift import centre_offset
+from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
+
+GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets')
+GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'init_offset')
+
+
+@MODEL_REGISTRY.register()
+class GhostSRModel(SRModel):
+    """SRModel for GhostSR networks (Nie et al., "GhostSR: Learning Ghost Features for Efficient SISR").
+
+    What it adds to BasicSR's SRModel:
+
+    * Gumbel schedule (Eq. 3-5) driven by the iteration: before every step the network's ``ghost_schedule`` gets
+      the iteration and ``iters_per_epoch``, so t = 1 + (iter - 1) // iters_per_epoch. ``iters_per_epoch`` comes
+      from the option ``ghost: iters_per_epoch`` or, when null, from the train set size, batch and world size
+      (BasicSR's own formula). All DDP ranks draw the same noise (it is seeded by the iteration). Resuming
+      continues at the same schedule position.
+    * Logs the temperature, the noise scale a^(t-1), the epoch t and the share of ghost layers that moved
+      (console/tensorboard), and every layer's offset at each print (``ghost: log_offsets``).
+    * ``ghost_init:`` (pretrain_path, param_key, seed, init_offset) clusters a pre-trained plain model into the
+      Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume.
+    * EMA copies the ghost buffers (channel maps) too; validation and the EMA net use hard offsets (eval mode).
+    * Checkpoints and training states are written atomically; a checkpoint that does not fit the network gets an
+      error naming the first key or shape that does not fit.
+    * DDP on CPU (gloo) when num_gpu is 0.
+    """
+
+    def __init__(self, opt):
+        self.ghost_opt = _checked_block(opt, 'ghost', GHOST_OPTION_KEYS)
+        self.ghost_init_opt = _checked_block(opt, 'ghost_init', GHOST_INIT_KEYS)
+        self.iters_per_epoch = None
+        super().__init__(opt)
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def model_to_device(self, net):
+        if self.opt['dist'] and self.opt['num_gpu'] == 0:
+            return DistributedDataParallel(net.to(self.device))  # CPU (gloo)
+        return super().model_to_device(net)
+
+    def init_training_settings(self):
+        logger = get_root_logger()
+        bare = self.get_bare_model(self.net_g)
+        if not hasattr(bare, 'ghost_schedule'):
+            logger.warning(f'GhostSRModel: network_g {type(bare).__name__} has no ghost layers; '
+                           'training it like SRModel.')
+        self.iters_per_epoch = self._iters_per_epoch()
+        if self.ghost_init_opt and not self.opt['path'].get('resume_state'):
+            self._ghost_init(bare)
+        super().init_training_settings()
+
+    def _iters_per_epoch(self):
+        given = self.ghost_opt.get('iters_per_epoch')
+        if given is not None:
+            if not isinstance(given, int) or given < 1:
+                raise ValueError(f'ghost: iters_per_epoch must be a positive integer or null (derived from the '
+                                 f'train set), got {given!r}')
+            return given
+        train_opt = self.opt.get('datasets', {}).get('train')
+        if train_opt is None:
+            return 1000
+        num_images = len(build_dataset(train_opt))
+        batch = train_opt['batch_size_per_gpu'] * self.opt.get('world_size', 1)
+        iters = math.ceil(num_images * train_opt.get('dataset_enlarge_ratio', 1) / batch)
+        get_root_logger().info(f'GhostSRModel: Gumbel epoch = {iters} iterations ({num_images} images, batch {batch}).')
+        return max(iters, 1)
+
+    def _ghost_init(self, bare):
+        from ghostsr_plugin.cluster import cluster_init
+        path = self.ghost_init_opt.get('pretrain_path')
+        if not path:
+            raise ValueError('ghost_init: pretrain_path (the pre-trained plain model to cluster) is required')
+        plain = load_checkpoint(path, self.ghost_init_opt.get('param_key', 'params'))
+        report = cluster_init(
+            bare, plain, seed=self.ghost_init_opt.get('seed', 0), init_offset=self.ghost_init_opt.get('init_offset'))
+        get_root_logger().info(f'GhostSRModel: clustered {len(report["layers"])} ghost layers from {path}.')
+
+    # ------------------------------------------------------------------------------------------- training
+    def optimize_parameters(self, current_iter):
+        schedule = getattr(self.get_bare_model(self.net_g), 'ghost_schedule', None)
+        if schedule is not None:
+            schedule.set_iteration(current_iter, self.iters_per_epoch)
+        super().optimize_parameters(current_iter)
+        if schedule is not None:
+            self.log_dict.update(self._schedule_log(schedule, current_iter))
+
+    def _schedule_log(self, schedule, current_iter):
+        state = schedule.state()
+        layers = [m for m in ghost_layers(self.get_bare_model(self.net_g)) if m.shift_logits is not None]
+        moved = [int(m.shift_logits.argmax()) != centre_offset(m.d) for m in layers]
+        print_freq = self.opt.get('logger', {}).get('print_freq', 100)
+        if self.ghost_opt.get('log_offsets', True) and layers and current_iter % print_freq == 0:
+            offsets = ' '.join(f'{k}={v[0]:+d},{v[1]:+d}' for k, v in ghost_offsets(self.net_g_bare()).items())
+            get_root_logger().info(f'[ghost offsets (dy,dx) iter {current_iter}] {offsets}')
+        return {
+            'gumbel_tau': state.tau,
+            'gumbel_noise': state.noise_scale,
+            'gumbel_epoch': float(state.epoch),
+            'ghost_moved': sum(moved) / max(len(moved), 1),
+        }
+
+    def net_g_bare(self):
+        return self.get_bare_model(self.net_g)
+
+    def model_ema(self, decay=0.999):
+        """BasicSR's EMA of the parameters, plus a copy of the ghost channel maps (buffers)."""
+        super().model_ema(decay)
+        source = dict(self.net_g_bare().named_buffers())
+        for name, buffer in self.net_g_ema.named_buffers():
+            if name.endswith('ghost_index'):
+                buffer.copy_(source[name])
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        bare = self.get_bare_model(net)
+        state_dict = load_checkpoint(load_path, param_key)
+        if strict:
+            check_state_dict_fits(bare, state_dict, load_path)
+        get_root_logger().info(f'Loading {type(bare).__name__} model from {load_path}, with param key: [{param_key}].')
+        bare.load_state_dict(state_dict, strict=strict)
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state_dict = self.get_bare_model(net_).state_dict()
+            save_dict[key] = {k.removeprefix('module.'): v.cpu() for k, v in state_dict.items()}
+        iteration = 'latest' if current_iter == -1 else current_iter
+        atomic_torch_save(save_dict, os.path.join(self.opt['path']['models'], f'{net_label}_{iteration}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'ghost': {
+                'iters_per_epoch': self.iters_per_epoch,
+                'saved_at': time.time()
+            },
+        }
+        atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        saved = resume_state.get('ghost', {}).get('iters_per_epoch')
+        if saved is not None and saved != self.iters_per_epoch:
+            get_root_logger().warning(f'GhostSRModel: the run was saved with iters_per_epoch={saved}, now '
+                                      f'{self.iters_per_epoch}; keeping {saved} so the Gumbel schedule continues.')
+            self.iters_per_epoch = saved
+
+
+def _checked_block(opt, name, allowed):
+    block = opt.get(name) or {}
+    if not isinstance(block, dict):
+        raise ValueError(f'{name}: must be a mapping with keys {", ".join(allowed)}; got {block!r}')
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ValueError(f'{name}: unknown option(s) {", ".join(unknown)}; allowed: {", ".join(allowed)}')
+    return dict(block)
