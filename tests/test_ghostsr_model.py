@@ -1,0 +1,96 @@
+"""GhostSRModel pieces: DDP ranks draw the same Gumbel noise (2-process gloo on CPU), EMA keeps the channel maps,
+checkpoints are written atomically, iters_per_epoch comes from the data."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+import ghostsr_plugin  # noqa: F401
+from basicsr.archs import build_network
+from ghostsr_plugin.ops.ghost_conv import ghost_layers
+from ghostsr_plugin.utils.checkpoint import atomic_torch_save
+
+NET = {'type': 'GhostEDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 2, 'upscale': 2}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, result_dir):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # same initial weights on both ranks, as DDP broadcasts them anyway
+    net = build_network(NET)
+    ddp = DistributedDataParallel(net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    torch.manual_seed(100 + rank)  # different data (and a different global RNG) on each rank
+    record = []
+    for iteration in range(1, 6):
+        net.ghost_schedule.set_iteration(iteration, iters_per_epoch=2)
+        optimizer.zero_grad()
+        ddp(torch.rand(2, 3, 8, 8)).abs().mean().backward()
+        optimizer.step()
+        layers = ghost_layers(net)
+        record.append({
+            'offsets': [layer._plan[0] for layer in layers],
+            'probs': torch.stack([layer._plan[1].detach() for layer in layers]),
+            'logits': torch.stack([layer.shift_logits.detach().clone() for layer in layers]),
+        })
+    torch.save(record, os.path.join(result_dir, f'rank{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_draw_the_same_noise(tmp_path):
+    """Two gloo ranks with different data: at every iteration both pick the same offsets from the same S(W'), and
+    the learned W' stay identical (gradients are all-reduced)."""
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
+    for step0, step1 in zip(rank0, rank1):
+        assert step0['offsets'] == step1['offsets']
+        assert torch.equal(step0['probs'], step1['probs'])
+        assert torch.equal(step0['logits'], step1['logits'])
+    assert rank0[0]['offsets'] != rank0[-1]['offsets'] or not torch.equal(rank0[0]['probs'], rank0[-1]['probs'])
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / 'net_g_10.pth'
+    atomic_torch_save({'a': torch.ones(2)}, target)
+
+    def broken_save(obj, file):
+        file.write(b'half a checkpoint')
+        raise KeyboardInterrupt  # killed in the middle of writing
+
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({'a': torch.zeros(2)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target)['a'], torch.ones(2))  # the previous file is intact
+    assert os.listdir(tmp_path) == ['net_g_10.pth']  # no temporary left behind
+
+
+def test_model_iters_per_epoch_and_ema_buffers(tiny_data, tmp_path):
+    """iters_per_epoch = ceil(images / batch); EMA copies the channel maps (buffers BasicSR's EMA skips)."""
+    from basicsr.models import build_model
+    from conftest import train_options
+    opt = train_options('unit', dict(NET), tiny_data)
+    opt['train']['ema_decay'] = 0.5
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(models=str(tmp_path), training_states=str(tmp_path))
+    model = build_model(opt)
+    assert model.iters_per_epoch == 3  # 6 images, batch 2
+    custom = torch.tensor([4, 0, 5, 1, 6, 2, 7, 3])
+    model.net_g.body[0].conv1.set_index(custom)
+    model.model_ema(0.5)
+    assert torch.equal(model.net_g_ema.body[0].conv1.ghost_index, custom)
+    model.save(epoch=0, current_iter=1)
+    saved = torch.load(tmp_path / 'net_g_1.pth', weights_only=True)
+    assert torch.equal(saved['params_ema']['body.0.conv1.ghost_index'], custom)
+    assert torch.load(tmp_path / '1.state', weights_only=False)['ghost']['iters_per_epoch'] == 3
