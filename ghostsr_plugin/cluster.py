@@ -206,12 +206,12 @@ class _ChannelProvenance(TorchFunctionMode):
 
 
 def _default_trace_calls(net):
-    """One forward on a tiny random input (a multi-scale net runs its default scale: no ghosted layer is in a
-    scale-specific head)."""
+    """One forward on a tiny input (a multi-scale net runs its default scale: no ghosted layer is in a
+    scale-specific head). The values do not matter to the trace; zeros leave the global RNG alone."""
     first_conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is None:
         raise ValueError(f'{type(net).__name__} has no convolution')
-    x = torch.rand(1, first_conv.in_channels, 8, 8, device=first_conv.weight.device, dtype=first_conv.weight.dtype)
+    x = torch.zeros(1, first_conv.in_channels, 8, 8, device=first_conv.weight.device, dtype=first_conv.weight.dtype)
     return [((x, ), {})]
 
 
@@ -220,7 +220,7 @@ def trace_ghost_inputs(net, calls=None):
 
     Args:
         net (nn.Module): a Ghost network.
-        calls (list[(tuple, dict)] | None): forward arguments to trace; default: one random 8x8 input (a
+        calls (list[(tuple, dict)] | None): forward arguments to trace; default: one 8x8 input of zeros (a
             multi-scale network runs its default head; ghosted layers are never in a scale-specific head).
 
     Returns:

@@ -272,7 +272,9 @@ def test_offsets_unbiased_by_default_and_set_on_request():
 def test_seed_makes_it_reproducible():
     plain, ghost_a = twins('CARN')
     _, ghost_b = twins('CARN')
+    rng_state = torch.get_rng_state()
     report_a = cluster.cluster_init(ghost_a, plain.state_dict(), seed=7, n_init=N_INIT, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # a training run's RNG stream is left alone
     report_b = cluster.cluster_init(ghost_b, plain.state_dict(), seed=7, n_init=N_INIT, progress=False)
     assert report_a == report_b
     for (key, a), b in zip(ghost_a.state_dict().items(), ghost_b.state_dict().values()):
