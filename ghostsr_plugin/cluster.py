@@ -51,7 +51,8 @@ from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
 
 __all__ = [
     'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'trace_ghost_inputs',
-    'cluster_filters', 'screen_mask', 'cluster_init', 'set_offset_logits', 'build_network_from_options', 'main'
+    'cluster_filters', 'screen_mask', 'cluster_init', 'set_offset_logits', 'report_summary', 'build_network_from_options',
+    'main'
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -503,7 +504,8 @@ def build_network_from_options(opt_path, network_key='network_g'):
     return build_network(dict(opt[network_key]))
 
 
-def _summary(report):
+def report_summary(report):
+    """One line per layer of a :func:`cluster_init` report (for logs and the CLI)."""
     lines = []
     for name, layer in report['layers'].items():
         sizes = layer['cluster_sizes']
@@ -544,7 +546,7 @@ def main(argv=None):
                    'param_key': args.param_key})
     atomic_torch_save({'params': net.state_dict()}, args.out)
     atomic_write_json(report, args.out + '.json')
-    print(_summary(report))
+    print(report_summary(report))
     print(f'wrote {args.out} and {args.out}.json')
     return 0
 
