@@ -50,9 +50,8 @@ from ghostsr_plugin.ops.shift import centre_offset, shift_to_offset
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
 
 __all__ = [
-    'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'trace_ghost_inputs',
-    'cluster_filters', 'screen_mask', 'cluster_init', 'set_offset_logits', 'report_summary', 'build_network_from_options',
-    'main'
+    'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'trace_ghost_inputs', 'cluster_filters',
+    'screen_mask', 'cluster_init', 'set_offset_logits', 'report_summary', 'build_network_from_options', 'main'
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,7 +520,8 @@ def main(argv=None):
         prog='python -m ghostsr_plugin.cluster',
         description='GhostSR clustering init (Nie et al. §3.2, Eq. 7-9): build the Ghost network of an option '
         'file, initialise it from a pre-trained plain checkpoint, write a BasicSR checkpoint and a JSON report.')
-    parser.add_argument('-opt', required=True, help='BasicSR option file (train or test) whose network_g is a Ghost arch')
+    parser.add_argument('-opt', required=True,
+                        help='BasicSR option file (train or test) whose network_g is a Ghost arch')
     parser.add_argument('--network_key', default='network_g', help='option section of the network (network_g)')
     parser.add_argument('--pretrained', required=True, help='checkpoint of the plain twin (BasicSR or bare state dict)')
     parser.add_argument('--param_key', default='params', help="state-dict key in a BasicSR checkpoint ('params')")

@@ -260,9 +260,11 @@ def test_offsets_unbiased_by_default_and_set_on_request():
     cluster.cluster_init(ghost, plain.state_dict(), n_init=N_INIT, init_offset='centre', progress=False)
     for layer in cluster._ghost_modules(ghost).values():
         assert int(layer.shift_logits.argmax()) == centre_offset(1)
-        assert float(layer.shift_logits.detach().max() - layer.shift_logits.detach().min()) < 0.05  # nearly unbiased sampling
+        logits = layer.shift_logits.detach()
+        assert float(logits.max() - logits.min()) < 0.05  # small against the Gumbel noise: sampling nearly unbiased
     cluster.cluster_init(ghost, plain.state_dict(), n_init=N_INIT, init_offset=(1, -1), progress=False)
-    assert all(int(m.shift_logits.argmax()) == shift_to_offset(1, -1, 1) for m in cluster._ghost_modules(ghost).values())
+    for layer in cluster._ghost_modules(ghost).values():
+        assert int(layer.shift_logits.argmax()) == shift_to_offset(1, -1, 1)
     with pytest.raises(ValueError, match='outside the window'):
         cluster.cluster_init(ghost, plain.state_dict(), init_offset='2,0', progress=False)
     with pytest.raises(ValueError, match='init_offset'):
