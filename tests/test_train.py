@@ -163,3 +163,25 @@ def test_checkpoint_that_does_not_fit(tiny_data, tmp_path):
     assert proc.returncode != 0
     assert 'does not fit GhostEDSR: "conv_first.weight" has shape (16, 3, 3, 3), the network needs (8, 3, 3, 3)' \
         in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ghost_init_clusters_before_training_and_not_on_resume(tiny_data, tmp_path):
+    """`ghost_init:` clusters a pre-trained plain EDSR into GhostEDSR before the first step (report written), and a
+    resumed run loads its own checkpoint instead of clustering again."""
+    from basicsr.archs import build_network
+    plain_opt = dict(TINY_NETS['GhostEDSR'], type='EDSR')
+    torch.save({'params': build_network(plain_opt).state_dict()}, tmp_path / 'edsr.pth')
+    opt = train_options('init_run', TINY_NETS['GhostEDSR'], tiny_data, total_iter=2)
+    opt['ghost_init'] = {'pretrain_path': str(tmp_path / 'edsr.pth'), 'seed': 0, 'n_init': 2}
+    opt['train']['scheduler']['periods'] = [4]
+    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = tmp_path / 'experiments' / 'init_run' / 'ghost_init.json'
+    assert report.is_file() and 'body.0.conv2' in report.read_text()
+    assert 'GhostSRModel: clustered from' in _log(tmp_path, 'init_run')
+    opt['train']['total_iter'] = 4
+    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path), '--auto_resume'],
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = _log(tmp_path, 'init_run')
+    assert 'Resuming training' in log and 'clustered from' not in log

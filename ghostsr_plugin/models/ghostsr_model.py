@@ -15,7 +15,7 @@ from ghostsr_plugin.ops.shift import centre_offset
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
 
 GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets')
-GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'init_offset')
+GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'n_init', 'init_offset', 'offset_margin')
 
 
 @MODEL_REGISTRY.register()
@@ -79,14 +79,24 @@ class GhostSRModel(SRModel):
         return max(iters, 1)
 
     def _ghost_init(self, bare):
-        from ghostsr_plugin.cluster import cluster_init
-        path = self.ghost_init_opt.get('pretrain_path')
-        if not path:
+        """§3.2 / Alg. 1 lines 1-3: cluster the pre-trained plain model into this Ghost network (every rank the same
+        way: same seed), and write the per-layer report to ``<experiment>/ghost_init.json``."""
+        from ghostsr_plugin.cluster import atomic_write_json, cluster_init, report_summary
+        init = self.ghost_init_opt
+        if not init.get('pretrain_path'):
             raise ValueError('ghost_init: pretrain_path (the pre-trained plain model to cluster) is required')
-        plain = load_checkpoint(path, self.ghost_init_opt.get('param_key', 'params'))
+        plain = load_checkpoint(init['pretrain_path'], init.get('param_key', 'params'))
         report = cluster_init(
-            bare, plain, seed=self.ghost_init_opt.get('seed', 0), init_offset=self.ghost_init_opt.get('init_offset'))
-        get_root_logger().info(f'GhostSRModel: clustered {len(report["layers"])} ghost layers from {path}.')
+            bare,
+            plain,
+            seed=init.get('seed', 0),
+            n_init=init.get('n_init', 10),
+            init_offset=init.get('init_offset'),
+            offset_margin=init.get('offset_margin', 0.01),
+            progress=False)
+        get_root_logger().info(f'GhostSRModel: clustered from {init["pretrain_path"]}\n{report_summary(report)}')
+        if self.opt['rank'] == 0:
+            atomic_write_json(report, os.path.join(self.opt['path']['experiments_root'], 'ghost_init.json'))
 
     # ------------------------------------------------------------------------------------------- training
     def optimize_parameters(self, current_iter):

@@ -5,9 +5,9 @@ output and HR go through ``tensor2img`` (uint8), then ``calculate_psnr`` / ``cal
 ``test_y_channel=True`` and ``crop_border=scale``. The sets are read in the EDSR "benchmark" layout of
 ``../shared/data/benchmark`` (``<set>/HR/<name>.png``, ``<set>/LR_bicubic/X<s>/<name>x<s>.png``).
 
-    python tools/eval_set.py --arch CARN_M --arch_args '{"multi_scale": true}' \\
+    python -m ghostsr_plugin.evaluate --arch CARN_M --arch_args '{"multi_scale": true}' \\
         --ckpt experiments/pretrained/CARN_M_multiscale.pth --set Set5 Set14 --scale 2
-    python tools/eval_set.py -opt options/train_GhostCARN_M_x2.yml --ckpt ghost.pth --set Set5 --scale 2
+    python -m ghostsr_plugin.evaluate -opt options/train_GhostCARN_M_x2.yml --ckpt ghost.pth --set Set5 --scale 2
 
 A network whose ``forward`` takes ``scale`` (the multi-scale CARN / CARN_M) runs the head of ``--scale``.
 """
@@ -28,7 +28,7 @@ from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project folder
 DEFAULT_DATA = os.path.join(ROOT, '..', 'shared', 'data', 'benchmark')
 
 

@@ -1,0 +1,228 @@
+"""The main job: compress the real pre-trained CARN_M into GhostCARN_M with GhostSR, on this machine's CPU.
+
+    python -m ghostsr_plugin.demo [--data ../shared/data] [--minutes 6] [--scale 2]
+
+Steps (every one through the plugin's public pieces, training through BasicSR's own pipeline):
+
+1. check the data folder (layout below) and make the training pairs from T91 + BSD200 with MATLAB-bicubic LR
+   (``ghostsr_plugin.prepare_data``, cached under ``datasets/``);
+2. convert the authors' multi-scale CARN_M checkpoint to the plugin's single-scale CARN_M (``ghostsr_plugin.convert``);
+3. train GhostCARN_M with ``python -m ghostsr_plugin.train``: GhostSRModel's ``ghost_init`` clusters the CARN_M
+   filters into intrinsic + ghost features (§3.2, Alg. 1 lines 1-3), then a fine-tune with learnable shifts
+   (Gumbel-softmax, Eq. 3-6) sized to ``--minutes`` of this machine's measured speed; BasicSR validates on Set5;
+4. print a Y-PSNR/SSIM table on Set5 and Set14 (crop_border = scale, as the paper): bicubic, CARN_M, GhostCARN_M
+   right after clustering, GhostCARN_M after the fine-tune; also written to ``<work>/results.json``.
+
+Data layout expected under ``--data`` (``../shared/data`` in this project)::
+
+    train/T91/*.bmp, train/BSD200/*.png                 HR training images
+    benchmark/Set5/HR/*.png, benchmark/Set5/LR_bicubic/X2/*x2.png (and Set14)
+    weights/carn_m.pth                                  the authors' pre-trained CARN_M (CARN-pytorch release)
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+import ghostsr_plugin  # noqa: F401  (registers archs/models; makes basicsr importable)
+from basicsr.archs import build_network
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.utils.matlab_functions import imresize
+from ghostsr_plugin.cluster import cluster_init
+from ghostsr_plugin.convert import convert_carn
+from ghostsr_plugin.evaluate import evaluate, set_pairs
+from ghostsr_plugin.prepare_data import prepare
+from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data'))
+NEEDED = ('train/T91', 'train/BSD200', 'benchmark/Set5/HR', 'benchmark/Set14/HR', 'weights/carn_m.pth')
+BATCH, LR_PATCH = 16, 48  # §4.1
+
+
+def check_data(data):
+    missing = [p for p in NEEDED if not os.path.exists(os.path.join(data, p))]
+    if missing:
+        layout = __doc__[__doc__.index('Data layout'):].strip()
+        sys.exit(f'demo: the data folder {data} lacks {", ".join(missing)}.\n{layout}\n'
+                 'Point --data at a folder laid out like this.')
+
+
+def ghost_network(scale):
+    return {'type': 'GhostCARN_M', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'upscale': scale}
+
+
+def time_per_iteration(scale):
+    """Seconds of one training step (batch 16 of 48x48 LR) of GhostCARN_M here, from two timed steps."""
+    net = build_network(ghost_network(scale))
+    net.ghost_schedule.set_iteration(1)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-4)
+    lq, gt = torch.rand(BATCH, 3, LR_PATCH, LR_PATCH), torch.rand(BATCH, 3, LR_PATCH * scale, LR_PATCH * scale)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        (net(lq) - gt).abs().mean().backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def large_enough(train_data, scale, meta_path):
+    """BasicSR meta-info file listing the training images whose LR side fits a 48x48 patch (T91 has smaller ones)."""
+    names = sorted(n for n in os.listdir(train_data.lr[scale]) if not n.startswith('.'))
+    kept = [n for n in names if min(cv2.imread(os.path.join(train_data.lr[scale], n)).shape[:2]) >= LR_PATCH]
+    os.makedirs(os.path.dirname(meta_path), exist_ok=True)
+    with open(meta_path, 'w') as file:
+        file.writelines(f'{n}\n' for n in kept)
+    print(f'   {len(kept)} of {len(names)} training images fit {LR_PATCH}x{LR_PATCH} LR patches at x{scale}', flush=True)
+    return meta_path
+
+
+def train_options(name, scale, train_data, data, pretrained, total_iter):
+    benchmark = os.path.join(data, 'benchmark', 'Set5')
+    return {
+        'name': name,
+        'model_type': 'GhostSRModel',
+        'scale': scale,
+        'num_gpu': 'auto',
+        'manual_seed': 0,
+        'datasets': {
+            'train': {**train_data.dataset_opt(scale, lmdb=False), 'name': 'T91_BSD200', 'type': 'PairedImageDataset',
+                      'meta_info_file': large_enough(train_data, scale, os.path.join('experiments', f'{name}_meta.txt')),
+                      'gt_size': LR_PATCH * scale, 'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 1,
+                      'batch_size_per_gpu': BATCH, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
+            'val': {'name': 'Set5', 'type': 'PairedImageDataset', 'dataroot_gt': os.path.join(benchmark, 'HR'),
+                    'dataroot_lq': os.path.join(benchmark, 'LR_bicubic', f'X{scale}'),
+                    'filename_tmpl': f'{{}}x{scale}', 'io_backend': {'type': 'disk'}},
+        },
+        'network_g': ghost_network(scale),
+        'ghost_init': {'pretrain_path': pretrained, 'param_key': 'params', 'seed': 0, 'init_offset': 'centre'},
+        'ghost': {'iters_per_epoch': None, 'log_offsets': True},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'ema_decay': 0,
+            'optim_g': {'type': 'Adam', 'lr': 1e-4, 'betas': [0.9, 0.999], 'eps': 1e-8},
+            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
+                          'eta_min': 1e-7},
+            'total_iter': total_iter,
+            'warmup_iter': -1,
+            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        },
+        'val': {'val_freq': total_iter, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': scale, 'test_y_channel': True},
+                            'ssim': {'type': 'calculate_ssim', 'crop_border': scale, 'test_y_channel': True}}},
+        'logger': {'print_freq': max(total_iter // 10, 1), 'save_checkpoint_freq': max(total_iter // 2, 1),
+                   'use_tb_logger': True, 'wandb': {'project': None}},
+        'dist_params': {'backend': 'nccl', 'port': 29500},
+    }
+
+
+def bicubic_scores(data, sets, scale):
+    """Bicubic up-scaling of the LR files (BasicSR's MATLAB-style imresize), the usual lower bound of SR tables."""
+    scores = {}
+    for name in sets:
+        psnrs, ssims = [], []
+        for _, hr_path, lr_path in set_pairs(os.path.join(data, 'benchmark'), name, scale):
+            lr = cv2.imread(lr_path, cv2.IMREAD_COLOR)
+            hr = cv2.imread(hr_path, cv2.IMREAD_COLOR)[:lr.shape[0] * scale, :lr.shape[1] * scale]
+            sr = np.clip(np.round(imresize(lr.astype(np.float64) / 255., scale) * 255.), 0, 255).astype(np.uint8)
+            psnrs.append(calculate_psnr(sr, hr, crop_border=scale, test_y_channel=True))
+            ssims.append(calculate_ssim(sr, hr, crop_border=scale, test_y_channel=True))
+        scores[name] = {'psnr': float(np.mean(psnrs)), 'ssim': float(np.mean(ssims))}
+    return scores
+
+
+def net_scores(net, data, sets, scale):
+    net.eval()
+    return {name: evaluate(net, set_pairs(os.path.join(data, 'benchmark'), name, scale), scale, 'cpu', False)
+            for name in sets}
+
+
+def print_table(rows, sets):
+    header = f'| model | params | ' + ' | '.join(f'{s} PSNR / SSIM' for s in sets) + ' |'
+    lines = [header, '|' + '---|' * (2 + len(sets))]
+    for label, params, scores in rows:
+        cells = ' | '.join(f'{scores[s]["psnr"]:.2f} / {scores[s]["ssim"]:.4f}' for s in sets)
+        lines.append(f'| {label} | {params} | {cells} |')
+    print('\n'.join(lines), flush=True)
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='GhostSR main job: CARN_M -> GhostCARN_M on the CPU.')
+    parser.add_argument('--data', default=DEFAULT_DATA, help='data folder (default: ../shared/data)')
+    parser.add_argument('--minutes', type=float, default=6.0, help='fine-tune budget in minutes (default 6)')
+    parser.add_argument('--iters', type=int, default=None, help='fine-tune iterations (overrides --minutes)')
+    parser.add_argument('--scale', type=int, default=2, choices=(2, 3, 4))
+    parser.add_argument('--name', default=None, help='experiment name (default GhostCARN_M_x<scale>_demo)')
+    args = parser.parse_args(argv)
+    data, scale = os.path.abspath(args.data), args.scale
+    name = args.name or f'GhostCARN_M_x{scale}_demo'
+    sets = ('Set5', 'Set14')
+    check_data(data)
+    start = time.time()
+
+    print('== 1/4 training pairs from T91 + BSD200 (MATLAB bicubic LR, cached) ==', flush=True)
+    train_data = prepare([os.path.join(data, 'train', 'T91'), os.path.join(data, 'train', 'BSD200')],
+                         os.path.join('datasets', 'T91_BSD200'), 'T91_BSD200', scales=(scale, ),
+                         workers=max(os.cpu_count() or 1, 1))
+
+    print('== 2/4 the authors\' CARN_M -> plugin CARN_M (single scale) ==', flush=True)
+    plain_state, plain_opt = convert_carn(load_checkpoint(os.path.join(data, 'weights', 'carn_m.pth'), None),
+                                          'CARN_M', scale=scale)
+    pretrained = os.path.join('experiments', 'pretrained', f'CARN_M_x{scale}.pth')
+    atomic_torch_save({'params': plain_state}, pretrained)
+    plain = build_network(plain_opt)
+    plain.load_state_dict(plain_state)
+    clustered = build_network(ghost_network(scale))
+    cluster_init(clustered, plain_state, seed=0, init_offset='centre', progress=False)  # as ghost_init below
+
+    if args.iters is None:
+        seconds = time_per_iteration(scale)
+        total_iter = int(max(20, min(5000, args.minutes * 60 / seconds)))
+        print(f'   one training step takes {seconds:.2f} s here: {total_iter} iterations fit {args.minutes} min',
+              flush=True)
+    else:
+        total_iter = args.iters
+
+    print(f'== 3/4 cluster + fine-tune GhostCARN_M x{scale} ({total_iter} iterations) with BasicSR ==', flush=True)
+    work = os.path.join('experiments', name)
+    os.makedirs('experiments', exist_ok=True)
+    opt_path = os.path.join('experiments', f'{name}.yml')
+    with open(opt_path, 'w') as file:
+        yaml.safe_dump(train_options(name, scale, train_data, data, pretrained, total_iter), file, sort_keys=False)
+    proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', opt_path])  # BasicSR archives an
+    # earlier run of the same name (<name>_archived_<time>) rather than overwrite it
+    if proc.returncode != 0:
+        sys.exit(f'demo: training failed (exit {proc.returncode}); its log is under {work}')
+    finetuned = build_network(ghost_network(scale))
+    finetuned.load_state_dict(load_checkpoint(os.path.join(work, 'models', 'net_g_latest.pth')))
+
+    print('== 4/4 Y-PSNR / SSIM (crop_border = scale) ==', flush=True)
+
+    def params(net):
+        return f'{sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e3:.0f}K'
+
+    rows = [('bicubic', '-', bicubic_scores(data, sets, scale)),
+            ('CARN_M (pre-trained)', params(plain), net_scores(plain, data, sets, scale)),
+            ('GhostCARN_M, clustered, no training', params(clustered), net_scores(clustered, data, sets, scale)),
+            (f'GhostCARN_M, + {total_iter} it. fine-tune', params(finetuned), net_scores(finetuned, data, sets, scale))]
+    table = print_table(rows, sets)
+    summary = {'scale': scale, 'iterations': total_iter, 'minutes': round((time.time() - start) / 60, 1),
+               'rows': [{'model': r[0], 'params': r[1], **{s: {k: r[2][s][k] for k in ('psnr', 'ssim')}
+                                                          for s in sets}} for r in rows], 'table': table}
+    with open(os.path.join(work, 'results.json'), 'w') as file:
+        json.dump(summary, file, indent=1)
+    print(f'results: {work}/results.json; log and checkpoints: {work}; total {summary["minutes"]} min', flush=True)
+
+
+if __name__ == '__main__':
+    main()
