@@ -1,38 +1,236 @@
 """Which implementation of the ghost op runs: the compiled kernels of ``kernels/`` or the plain-PyTorch reference.
 
-The compiled extension (``ghostsr_plugin._C``) is optional. Without it the reference runs and one warning says so.
-``GHOSTSR_BACKEND=reference`` forces the reference (for comparisons).
+The compiled extension ``ghostsr_plugin._C`` defines, with ``TORCH_LIBRARY`` (CPU kernels in C++ with OpenMP
+threads, CUDA kernels when built with them):
+
+* ``torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False)``: a ghost
+  layer's full output ``[N, c_out, H, W]`` from its intrinsic features ``x`` (§3.1, Eq. 1-2 with the one-hot W of
+  Eq. 5), in one pass, in the memory format of ``x`` (channels_last stays channels_last). The optional epilogue
+  fuses what follows a ghost layer in a residual block, ``residual + scale * relu?(Y)``, with the same rounding as
+  the separate ops (so it stays exact);
+* ``torch.ops.ghostsr.ghost_shift_backward(grad_out, index, offset, d, num_in)``: the gradient to ``x`` (the
+  transposed move, summed over the output channels sharing a source);
+* ``torch.ops.ghostsr.ghost_shift_offset_grad(grad_out, x, index, d)``: the straight-through gradient to
+  ``probs`` = S(W') (Eq. 6), the ``(2d+1)**2`` reductions ``sum_ghost <dL/dG, shift_k(I)>``.
+
+This module registers their autograd formula (so learnable-shift training never runs a depth-wise convolution) and
+their fake functions (so ``torch.compile`` and ``torch.export`` accept them). It is imported by ``ghostsr_plugin``
+and named by the C++ library (``set_python_module``), so the registrations exist whenever the ops do.
+
+Without the extension (not built, or ``GHOSTSR_NO_EXT=1`` at build time) or on a device it has no kernel for, the
+reference of :mod:`ghostsr_plugin.ops.shift` runs and one warning says so. ``GHOSTSR_BACKEND=reference`` forces
+the reference (for comparisons); ``GHOSTSR_BACKEND=auto`` (or unset) picks the compiled op where it can.
 """
 import os
 import warnings
 
-from ghostsr_plugin.ops.shift import ghost_shift_reference
+import torch
 
+from ghostsr_plugin.ops.shift import check_ghost_inputs, ghost_shift_reference, window_size
+
+__all__ = ['backend_name', 'ghost_shift', 'compiled_available']
+
+_BACKEND_CHOICES = ('auto', 'reference')
 _compiled = None  # the loaded extension module, False when unavailable, None before the first look
-_warned = False
+_load_error = None
+_warned = set()  # fallback reasons already warned about (one warning each)
 
 
 def _load_compiled():
-    global _compiled, _warned
+    """The extension module (registering the Python side of its ops on first load), or False."""
+    global _compiled, _load_error
     if _compiled is None:
         try:
-            from ghostsr_plugin import _C  # noqa: F401  (registers torch.ops.ghostsr.*)
-            _compiled = _C
+            from ghostsr_plugin import _C
         except ImportError as err:
-            _compiled = False
-            if not _warned:
-                _warned = True
-                warnings.warn(f'GhostSR: compiled shift kernel not available ({err}); using the plain-PyTorch '
-                              'reference. Build it with `pip install --no-build-isolation -e .`.')
+            _compiled, _load_error = False, err
+        else:
+            _register_python_side()
+            _compiled = _C
     return _compiled
+
+
+def compiled_available():
+    """True when the compiled extension ``ghostsr_plugin._C`` is importable (its ops are registered)."""
+    return bool(_load_compiled())
+
+
+def _choice():
+    choice = os.environ.get('GHOSTSR_BACKEND', 'auto') or 'auto'
+    if choice not in _BACKEND_CHOICES:
+        raise ValueError(f'GHOSTSR_BACKEND must be one of {", ".join(_BACKEND_CHOICES)}, got {choice!r}')
+    return choice
 
 
 def backend_name(device='cpu'):
     """'cpp', 'cuda' or 'reference': the implementation :func:`ghost_shift` uses for tensors on ``device``."""
-    if os.environ.get('GHOSTSR_BACKEND') == 'reference' or not _load_compiled():
+    if _choice() == 'reference':
         return 'reference'
-    return 'reference'  # replaced by the kernels issue
+    compiled = _load_compiled()
+    if not compiled:
+        return 'reference'
+    device_type = torch.device(device).type
+    if device_type == 'cpu':
+        return 'cpp'
+    if device_type == 'cuda' and compiled.WITH_CUDA:
+        return 'cuda'
+    return 'reference'
 
 
-def ghost_shift(x, index, offset, d, probs=None):
-    return ghost_shift_reference(x, index, offset, d, probs)
+def _warn_fallback(device):
+    if not _load_compiled():
+        reason = 'not built'
+        message = (f'GhostSR: compiled ghost-shift op not available ({_load_error}); using the plain-PyTorch '
+                   'reference. Build it with `pip install --no-build-isolation -e .` (see tools/setup_env.sh).')
+    else:
+        reason = torch.device(device).type
+        message = (f'GhostSR: the compiled ghost-shift op has no kernel for {reason} tensors (CUDA kernels are built '
+                   'with GHOSTSR_CUDA=1 or where nvcc and a GPU exist); using the plain-PyTorch reference.')
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(message, stacklevel=3)
+
+
+def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False):
+    """Full output of a ghost layer from its intrinsic features (§3.1, Eq. 1-2, 5-6).
+
+    Same arguments, value and gradients as :func:`ghostsr_plugin.ops.shift.ghost_shift_reference`; runs the compiled
+    op where :func:`backend_name` says so. Inputs are validated first (clear errors for wrong dtypes, device mixes,
+    offsets outside the window, maps of the wrong shape or range); inside ``torch.compile`` the data-dependent
+    value check is left to the compiled op, which checks every value itself.
+
+    Optional fused epilogue: ``residual + scale * relu(Y)`` (``relu`` a bool, ``residual`` a tensor of the output's
+    shape and dtype or None), equal to ``torch.relu``, ``* scale`` and ``residual +`` applied one after the other.
+    """
+    epilogue = relu or residual is not None or scale != 1.0
+    if epilogue:
+        _check_residual(residual, x, index)
+    if _choice() == 'reference' or backend_name(x.device) == 'reference':
+        if _choice() != 'reference':
+            _warn_fallback(x.device)
+        out = ghost_shift_reference(x, index, offset, d, probs)
+        return _reference_epilogue(out, residual, scale, relu) if epilogue else out
+    if not torch.compiler.is_compiling():
+        check_ghost_inputs(x, index, offset, d, probs)
+    if probs is not None and not (probs.requires_grad and torch.is_grad_enabled()):
+        probs = None  # the value never depends on S(W'); pass it only to carry its gradient
+    if not epilogue:
+        return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs)
+    return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs, residual, float(scale), bool(relu))
+
+
+def _check_residual(residual, x, index):
+    if residual is None:
+        return
+    shape = (x.shape[0], index.shape[0], x.shape[2], x.shape[3])
+    if tuple(residual.shape) != shape:
+        raise ValueError(f'ghost_shift: residual must have the output\'s shape {shape}, got {tuple(residual.shape)}')
+    if residual.dtype != x.dtype or residual.device != x.device:
+        raise ValueError(f'ghost_shift: residual is {residual.dtype} on {residual.device} but the features are '
+                         f'{x.dtype} on {x.device}')
+
+
+def _reference_epilogue(out, residual, scale, relu):
+    """The epilogue as separate PyTorch ops (what the fused kernels reproduce)."""
+    if relu:
+        out = torch.relu(out)
+    if scale != 1.0 or residual is not None:
+        out = out * scale
+    return out if residual is None else residual + out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Python side of the compiled ops: fake functions and the autograd formula.
+
+
+def _memory_format(t):
+    """Layout the kernels produce for ``t`` (the rule of kernels/ghost_shift.h: channels_last when ``t`` is
+    channels_last-contiguous and not also NCHW-contiguous, NCHW otherwise)."""
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _check_features(t, what):
+    if t.dim() != 4:
+        raise ValueError(f'ghost_shift: {what} must be a 4-D tensor [N, C, H, W], got shape {tuple(t.shape)}')
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f'ghost_shift: {what} must be float32, float16, bfloat16 or float64, got {t.dtype}')
+
+
+def _check_same_device(features, *others):
+    """The fake functions also run for a mix of devices involving 'meta'; refuse it as the kernels do."""
+    for what, other in others:
+        if other is not None and other.device != features.device:
+            raise RuntimeError(f'ghost_shift: {what} is on {other.device} but the features are on {features.device}')
+
+
+def _ghost_shift_fake(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False):
+    _check_features(x, 'intrinsic features x')
+    _check_same_device(x, ('channel map', index), ('offset probabilities', probs), ('residual', residual))
+    if residual is not None:
+        shape = (x.shape[0], index.shape[0], x.shape[2], x.shape[3])
+        torch._check(tuple(residual.shape) == shape and residual.dtype == x.dtype,
+                     lambda: f'ghost_shift: residual must be {x.dtype} of shape {shape}')
+    return torch.empty((x.shape[0], index.shape[0], x.shape[2], x.shape[3]),
+                       dtype=x.dtype,
+                       device=x.device,
+                       memory_format=_memory_format(x))
+
+
+def _ghost_shift_backward_fake(grad_out, index, offset, d, num_in):
+    _check_features(grad_out, 'output gradient')
+    _check_same_device(grad_out, ('channel map', index))
+    return torch.empty((grad_out.shape[0], num_in, grad_out.shape[2], grad_out.shape[3]),
+                       dtype=grad_out.dtype,
+                       device=grad_out.device,
+                       memory_format=_memory_format(grad_out))
+
+
+def _ghost_shift_offset_grad_fake(grad_out, x, index, d):
+    _check_features(x, 'intrinsic features x')
+    _check_same_device(x, ('channel map', index), ('output gradient', grad_out))
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((window_size(d), ), dtype=dtype)
+
+
+def _needs_grad(ctx, i):
+    return i < len(ctx.needs_input_grad) and ctx.needs_input_grad[i]
+
+
+def _setup_context(ctx, inputs, output):
+    x, index, offset, d, probs, residual, scale, relu = inputs
+    ctx.offset, ctx.d, ctx.num_in, ctx.scale, ctx.relu = offset, d, x.shape[1], scale, relu
+    ctx.probs_dtype = None if probs is None else probs.dtype
+    ctx.wants_probs = probs is not None and _needs_grad(ctx, 4)
+    # ReLU mask: the output itself when nothing follows the ReLU, else recomputed from x in the backward.
+    ctx.relu_from_output = relu and residual is None and scale == 1.0
+    keep_x = ctx.wants_probs or (relu and not ctx.relu_from_output)
+    ctx.save_for_backward(index, x if keep_x else None, output if ctx.relu_from_output else None)
+
+
+def _backward(ctx, grad_out):
+    """Eq. 6 and the transposed move, after the epilogue's own backward (add, mul by scale, ReLU threshold)."""
+    index, x, output = ctx.saved_tensors
+    grad_residual = grad_out if _needs_grad(ctx, 5) else None
+    grad = grad_out * ctx.scale if ctx.scale != 1.0 else grad_out
+    if ctx.relu:
+        activated = output if ctx.relu_from_output else torch.ops.ghostsr.ghost_shift(
+            x, index, ctx.offset, ctx.d, None, None, 1.0, True)
+        grad = torch.ops.aten.threshold_backward(grad, activated, 0)
+    grad_x = grad_probs = None
+    if _needs_grad(ctx, 0):
+        grad_x = torch.ops.ghostsr.ghost_shift_backward(grad, index, ctx.offset, ctx.d, ctx.num_in)
+    if ctx.wants_probs:
+        grad_probs = torch.ops.ghostsr.ghost_shift_offset_grad(grad, x, index, ctx.d).to(ctx.probs_dtype)
+    return grad_x, None, None, None, grad_probs, grad_residual, None, None
+
+
+def _register_python_side():
+    torch.library.register_fake('ghostsr::ghost_shift', _ghost_shift_fake)
+    torch.library.register_fake('ghostsr::ghost_shift_backward', _ghost_shift_backward_fake)
+    torch.library.register_fake('ghostsr::ghost_shift_offset_grad', _ghost_shift_offset_grad_fake)
+    torch.library.register_autograd('ghostsr::ghost_shift', _backward, setup_context=_setup_context)
+
+
+_load_compiled()  # registers the ops' Python side as soon as the plugin is imported

@@ -1,0 +1,281 @@
+"""Speed of the compiled ghost op and of GhostEDSR against EDSR, measured side by side in one run (issue 4).
+
+    python -m ghostsr_plugin.bench speed [--device cpu|cuda] [--quick] [--threads N] [--json FILE]
+
+Prints, with the device it ran on:
+
+* **op bandwidth**: bytes read + written by one ghost layer's shift (intrinsic features read once, full output
+  written once, λ = 0.5, move (dy, dx) = (1, -1)) per second, next to the device's copy bandwidth (a same-sized
+  ``copy_``, read + write) and the plain-PyTorch reference, all timed in the same run;
+* **network latency** GhostEDSR / EDSR (``ghostsr_plugin.archs.edsr_arch.GhostEDSR`` in eval mode against BasicSR's
+  ``EDSR``, same arguments). CPU: EDSR-baseline x2 (num_feat 64, num_block 16) at 1x3x128x128, ``--threads``
+  threads (default 2). GPU: EDSR-L x2 (num_feat 256, num_block 32, res_scale 0.1) at 1x3x512x512 in fp32 with TF32
+  off and on, fp16 channels_last eager and ``torch.compile``, and the fastest ghost mode against the fastest
+  EDSR mode;
+* GPU: the **training iteration** (batch 16 of 48x48 LR, bf16 autocast, L1 loss, Adam), eager and compiled.
+
+The two networks (or op and copy) of a comparison are timed alternately, repetition by repetition, in alternating
+order, so that load changes on the machine hit both alike. Reported: median and best time of each, the ratio of
+the medians and the median of the per-repetition ratios. ``--quick`` runs few repetitions (a smoke test).
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+RESULTS = []
+
+
+def emit(line='', **record):
+    """Print a line of the report and keep its numbers for --json."""
+    print(line, flush=True)
+    if record:
+        RESULTS.append(record)
+
+
+class Timer:
+    """Milliseconds of one call: CUDA events on a GPU, wall clock on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == 'cuda'
+
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        begin = time.perf_counter()
+        fn()
+        return (time.perf_counter() - begin) * 1e3
+
+
+def interleaved(timer, fns, reps, warmup):
+    """Time every function of ``fns`` (name -> callable) once per repetition, alternating the order."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {name: [] for name in names}
+    for rep in range(reps):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            times[name].append(timer(fns[name]))
+    return times
+
+
+def ratio_stats(times, num, den):
+    med = statistics.median(times[num]) / statistics.median(times[den])
+    paired = statistics.median(a / b for a, b in zip(times[num], times[den]))
+    return med, paired
+
+
+def device_name(device):
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda}, ' \
+               f'cuDNN {torch.backends.cudnn.version()})'
+    model = platform.processor() or 'CPU'
+    try:
+        with open('/proc/cpuinfo') as info:
+            model = next(line.split(':', 1)[1].strip() for line in info if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{model}, {torch.get_num_threads()} threads (torch {torch.__version__})'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The op alone.
+
+
+def bench_op(device, quick):
+    from ghostsr_plugin.ops import backend
+    from ghostsr_plugin.ops.shift import default_index, ghost_shift_reference, shift_to_offset
+
+    timer = Timer(device)
+    if device.type == 'cuda':
+        cases = [(torch.float16, True), (torch.float32, False), (torch.float16, False), (torch.bfloat16, True)]
+        channels, size = 128, 512  # half of an EDSR-L layer at 512x512
+    else:
+        cases = [(torch.float32, False), (torch.float32, True)]
+        channels, size = 32, 128  # half of an EDSR-baseline layer at 128x128
+    reps = 5 if quick else 30
+    offset = shift_to_offset(1, -1, 1)
+    index = default_index(2 * channels, channels, device=device)
+    emit(f'\n[op] ghost_shift of 1x{channels}x{size}x{size} -> 1x{2 * channels}x{size}x{size}, move (1, -1); '
+         f'backend {backend.backend_name(device)}; bytes = input read + output written')
+    emit(f'{"dtype":>9} {"layout":>13} {"op ms":>8} {"op GB/s":>8} {"copy GB/s":>9} {"op/copy":>7} {"ref GB/s":>8}')
+    for dtype, channels_last in cases:
+        x = torch.randn(1, channels, size, size, device=device, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = backend.ghost_shift(x, index, offset, 1)
+        src, dst = torch.empty_like(out), torch.empty_like(out)
+        op_bytes = x.numel() * x.element_size() + out.numel() * out.element_size()
+        copy_bytes = 2 * out.numel() * out.element_size()
+        with torch.inference_mode():
+            times = interleaved(
+                timer, {
+                    'op': lambda: backend.ghost_shift(x, index, offset, 1),
+                    'copy': lambda: dst.copy_(src),
+                    'reference': lambda: ghost_shift_reference(x, index, offset, 1),
+                }, reps, 3)
+        op_ms, copy_ms, ref_ms = (statistics.median(times[k]) for k in ('op', 'copy', 'reference'))
+        op_bw, copy_bw, ref_bw = op_bytes / op_ms / 1e6, copy_bytes / copy_ms / 1e6, op_bytes / ref_ms / 1e6
+        layout = 'channels_last' if channels_last else 'NCHW'
+        emit(f'{str(dtype)[6:]:>9} {layout:>13} {op_ms:8.3f} {op_bw:8.1f} {copy_bw:9.1f} {op_bw / copy_bw:7.2f} '
+             f'{ref_bw:8.1f}',
+             what='op', dtype=str(dtype), layout=layout, op_ms=op_ms, op_GBps=op_bw, copy_GBps=copy_bw,
+             op_over_copy=op_bw / copy_bw, reference_GBps=ref_bw, best_op_ms=min(times['op']))
+        del x, out, src, dst
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Networks.
+
+
+def build_pair(device, num_feat, num_block, res_scale):
+    import ghostsr_plugin  # noqa: F401  (BasicSR compatibility, registration)
+    from basicsr.archs.edsr_arch import EDSR
+    from ghostsr_plugin.archs.edsr_arch import GhostEDSR
+
+    torch.manual_seed(0)
+    kwargs = dict(num_in_ch=3, num_out_ch=3, num_feat=num_feat, num_block=num_block, upscale=2, res_scale=res_scale)
+    return EDSR(**kwargs).to(device), GhostEDSR(**kwargs).to(device)
+
+
+def report_pair(mode, times, unit='ms'):
+    med, paired = ratio_stats(times, 'ghost', 'edsr')
+    edsr, ghost = statistics.median(times['edsr']), statistics.median(times['ghost'])
+    emit(f'{mode:<34} {edsr:9.2f} {ghost:9.2f} {med:6.3f} {paired:7.3f}   (best {min(times["edsr"]):.2f} / '
+         f'{min(times["ghost"]):.2f} {unit})',
+         what='net', mode=mode, edsr_ms=edsr, ghost_ms=ghost, ratio=med, paired_ratio=paired,
+         edsr_best_ms=min(times['edsr']), ghost_best_ms=min(times['ghost']))
+    return edsr, ghost
+
+
+def bench_nets_cpu(device, quick):
+    edsr, ghost = build_pair(device, 64, 16, 1.0)
+    edsr.eval(), ghost.eval()
+    x = torch.rand(1, 3, 128, 128, device=device)
+    emit('\n[net] EDSR-baseline x2 (num_feat 64, num_block 16) vs GhostEDSR (λ 0.5), 1x3x128x128, fp32 NCHW, eval')
+    emit(f'{"mode":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
+    with torch.inference_mode():
+        times = interleaved(Timer(device), {'edsr': lambda: edsr(x), 'ghost': lambda: ghost(x)}, 3 if quick else 12, 2)
+    report_pair('fp32 eager', times)
+
+
+def _set_tf32(enabled):
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def bench_nets_cuda(device, quick):
+    reps, warmup = (3, 2) if quick else (15, 5)
+    timer = Timer(device)
+    torch.backends.cudnn.benchmark = True
+    edsr, ghost = build_pair(device, 256, 32, 0.1)
+    edsr.eval(), ghost.eval()
+    emit('\n[net] EDSR-L x2 (num_feat 256, num_block 32, res_scale 0.1) vs GhostEDSR-L (λ 0.5), 1x3x512x512, eval')
+    emit(f'{"mode":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
+    best = {'edsr': [], 'ghost': []}
+    x32 = torch.rand(1, 3, 512, 512, device=device)
+    with torch.inference_mode():
+        for mode, tf32 in (('fp32 NCHW TF32 off, eager', False), ('fp32 NCHW TF32 on, eager', True)):
+            _set_tf32(tf32)
+            times = interleaved(timer, {'edsr': lambda: edsr(x32), 'ghost': lambda: ghost(x32)}, reps, warmup)
+            for name, value in zip(('edsr', 'ghost'), report_pair(mode, times)):
+                best[name].append((value, mode))
+    _set_tf32(False)
+    edsr.half().to(memory_format=torch.channels_last)
+    ghost.half().to(memory_format=torch.channels_last)
+    x16 = x32.half().contiguous(memory_format=torch.channels_last)
+    nets = {'eager': (edsr, ghost), 'torch.compile': (torch.compile(edsr), torch.compile(ghost))}
+    with torch.inference_mode():
+        for kind, (plain, ghosted) in nets.items():
+            mode = f'fp16 channels_last, {kind}'
+            times = interleaved(timer, {'edsr': lambda: plain(x16), 'ghost': lambda: ghosted(x16)}, reps, warmup)
+            for name, value in zip(('edsr', 'ghost'), report_pair(mode, times)):
+                best[name].append((value, mode))
+    (edsr_ms, edsr_mode), (ghost_ms, ghost_mode) = min(best['edsr']), min(best['ghost'])
+    emit(f'fastest ghost / fastest EDSR: {ghost_ms:.2f} ms ({ghost_mode}) / {edsr_ms:.2f} ms ({edsr_mode}) = '
+         f'{ghost_ms / edsr_ms:.3f}',
+         what='fastest', ratio=ghost_ms / edsr_ms, ghost_mode=ghost_mode, edsr_mode=edsr_mode)
+    del edsr, ghost, nets
+    torch.cuda.empty_cache()
+
+
+def bench_train_cuda(device, quick):
+    """Training iteration: batch 16 of 48x48 LR (x2), bf16 autocast, L1 loss, Adam; learnable shift."""
+    reps, warmup = (3, 3) if quick else (20, 10)
+    timer = Timer(device)
+    emit('\n[train] EDSR-L x2 vs GhostEDSR-L, batch 16 of 48x48 LR, bf16 autocast, L1, Adam (learnable shift)')
+    emit(f'{"mode":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
+    lq = torch.rand(16, 3, 48, 48, device=device)
+    gt = torch.rand(16, 3, 96, 96, device=device)
+    for kind in ('eager', 'torch.compile'):
+        edsr, ghost = build_pair(device, 256, 32, 0.1)
+        steps = {}
+        for name, net in (('edsr', edsr), ('ghost', ghost)):
+            net.train()
+            model = torch.compile(net) if kind == 'torch.compile' else net
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+            def step(model=model, optimizer=optimizer):
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast('cuda', dtype=torch.bfloat16):
+                    loss = torch.nn.functional.l1_loss(model(lq), gt)
+                loss.backward()
+                optimizer.step()
+
+            steps[name] = step
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # GhostSchedule: trained without GhostSRModel
+            times = interleaved(timer, steps, reps, warmup)
+        report_pair(f'training iteration, {kind}', times)
+        del edsr, ghost, steps
+        torch.cuda.empty_cache()
+    emit('note: the learnable offsets change between iterations; torch.compile guards on them (Python ints), so '
+         'the compiled ghost net may recompile or fall back to eager for new offset combinations.')
+
+
+def speed(args):
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('bench: --device cuda but no CUDA device is available')
+    if device.type == 'cpu':
+        torch.set_num_threads(args.threads)
+    from ghostsr_plugin.ops import backend
+    emit(f'device: {device_name(device)}', what='device', name=device_name(device), quick=args.quick,
+         backend=backend.backend_name(device))
+    bench_op(device, args.quick)
+    if device.type == 'cuda':
+        bench_nets_cuda(device, args.quick)
+        bench_train_cuda(device, args.quick)
+    else:
+        bench_nets_cpu(device, args.quick)
+    if args.json:
+        with open(args.json, 'w') as file:
+            json.dump(RESULTS, file, indent=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.bench', description=__doc__.split('\n\n')[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    speed_parser = commands.add_parser('speed', help='op bandwidth and GhostEDSR / EDSR latency ratios')
+    speed_parser.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu')
+    speed_parser.add_argument('--quick', action='store_true', help='few repetitions (smoke test)')
+    speed_parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
+    speed_parser.add_argument('--json', help='also write the numbers to this JSON file')
+    args = parser.parse_args(argv)
+    if args.command == 'speed':
+        speed(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
