@@ -54,7 +54,7 @@ def test_paper_settings(name):
     kind, arch, scale = _parts(name)
     opt = load(name)
     ghost = arch.startswith('Ghost')
-    assert opt['scale'] == scale and opt['num_gpu'] == 1
+    assert opt['scale'] == scale and opt['num_gpu'] == 'auto'
     assert opt['model_type'] == ('GhostSRModel' if ghost else 'SRModel')
     assert (opt.get('ghost') == {'iters_per_epoch': None, 'log_offsets': True}) if ghost else 'ghost' not in opt
     net = opt['network_g']

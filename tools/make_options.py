@@ -121,7 +121,7 @@ def general(kind, arch, scale):
         name: {name}
         model_type: {"GhostSRModel" if ghost else "SRModel"}
         scale: {scale}
-        num_gpu: 1  # number of GPUs; num_gpu: 0 runs on the CPU
+        num_gpu: auto  # all visible GPUs, or the CPU when there is none (num_gpu: 0 forces the CPU)
         manual_seed: 0
         ''')
     if not ghost:
