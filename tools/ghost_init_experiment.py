@@ -1,0 +1,95 @@
+"""Issue 3, item 4: GhostCARN_M x2 from the real pre-trained CARN_M, on this machine's CPU (Table 3 of the paper, small).
+
+    python tools/ghost_init_experiment.py [--data ../shared/data] [--skip-train]
+
+Reports Y-PSNR/SSIM on Set5, Set14 and B100 (crop_border = 2) of
+  (i)   the converted CARN_M (x2 head of the authors' multi-scale checkpoint);
+  (ii)  GhostCARN_M right after the clustering init (§3.2), no training;
+  (iii) (ii) fine-tuned on T91 + BSD200 with learnable shifts   options/ghostinit_GhostCARN_M_x2_finetune.yml
+  (iv)  GhostCARN_M trained from scratch, same budget           options/ghostinit_GhostCARN_M_x2_scratch.yml
+  (v)   (iii) with "copy" ghosts instead of shifts              options/ghostinit_GhostCARN_M_x2_copy.yml
+Each training run goes through ``python -m ghostsr_plugin.train`` (BasicSR's pipeline); the option files hold the
+budget. Writes ``docs/results/ghost_init_x2.{json,md}``.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import ghostsr_plugin  # noqa: E402,F401
+from basicsr.archs import build_network  # noqa: E402
+from ghostsr_plugin.cluster import cluster_init  # noqa: E402
+from ghostsr_plugin.convert import convert_carn  # noqa: E402
+from ghostsr_plugin.demo import LR_PATCH, bicubic_scores, ghost_network, large_enough, net_scores  # noqa: E402
+from ghostsr_plugin.prepare_data import prepare  # noqa: E402
+from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint  # noqa: E402
+
+SCALE = 2
+SETS = ('Set5', 'Set14', 'B100')
+RUNS = {
+    '(iii) GhostCARN_M, clustered + fine-tune (learnable shift)': 'ghostinit_GhostCARN_M_x2_finetune',
+    '(iv) GhostCARN_M from scratch, same budget': 'ghostinit_GhostCARN_M_x2_scratch',
+    '(v) GhostCARN_M, clustered + fine-tune, copy ghosts': 'ghostinit_GhostCARN_M_x2_copy',
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data'))
+    parser.add_argument('--skip-train', action='store_true', help='evaluate the runs already in experiments/')
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    data = os.path.abspath(args.data)
+
+    train_data = prepare([os.path.join(data, 'train', 'T91'), os.path.join(data, 'train', 'BSD200')],
+                         os.path.join('datasets', 'T91_BSD200'), 'T91_BSD200', scales=(SCALE, ), workers=2)
+    large_enough(train_data, SCALE, os.path.join('datasets', 'T91_BSD200', f'meta_x{SCALE}_lr{LR_PATCH}.txt'))
+    plain_state, plain_opt = convert_carn(load_checkpoint(os.path.join(data, 'weights', 'carn_m.pth'), None),
+                                          'CARN_M', scale=SCALE)
+    atomic_torch_save({'params': plain_state}, os.path.join('experiments', 'pretrained', f'CARN_M_x{SCALE}.pth'))
+
+    minutes = {}
+    for label, name in RUNS.items():
+        if args.skip_train:
+            continue
+        start = time.time()
+        proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', f'options/{name}.yml'])
+        if proc.returncode != 0:
+            sys.exit(f'{name}: training failed (exit {proc.returncode})')
+        minutes[label] = round((time.time() - start) / 60, 1)
+
+    plain = build_network(plain_opt)
+    plain.load_state_dict(plain_state)
+    clustered = build_network(ghost_network(SCALE))
+    cluster_init(clustered, plain_state, seed=0, init_offset='centre', progress=False)
+    rows = [('bicubic', None), ('(i) CARN_M, converted', plain), ('(ii) GhostCARN_M, clustered, no training', clustered)]
+    for label, name in RUNS.items():
+        net = build_network(ghost_network(SCALE) | ({'shift_mode': 'copy'} if name.endswith('copy') else {}))
+        net.load_state_dict(load_checkpoint(os.path.join('experiments', name, 'models', 'net_g_latest.pth')))
+        rows.append((label, net))
+
+    results = []
+    for label, net in rows:
+        scores = bicubic_scores(data, SETS, SCALE) if net is None else net_scores(net, data, SETS, SCALE)
+        results.append({'model': label, 'train_minutes': minutes.get(label), **scores})
+        print(label, {s: round(scores[s]['psnr'], 2) for s in SETS}, flush=True)
+    lines = ['| model | ' + ' | '.join(f'{s} PSNR / SSIM' for s in SETS) + ' | train time (min) |',
+             '|---|' + '---|' * (len(SETS) + 1)]
+    for row in results:
+        cells = ' | '.join(f'{row[s]["psnr"]:.2f} / {row[s]["ssim"]:.4f}' for s in SETS)
+        lines.append(f'| {row["model"]} | {cells} | {row["train_minutes"] if row["train_minutes"] else "-"} |')
+    os.makedirs(os.path.join('docs', 'results'), exist_ok=True)
+    with open(os.path.join('docs', 'results', 'ghost_init_x2.json'), 'w') as file:
+        json.dump(results, file, indent=1)
+    with open(os.path.join('docs', 'results', 'ghost_init_x2.md'), 'w') as file:
+        file.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
