@@ -16,7 +16,8 @@ Prints, with the device it ran on:
 
 The two networks (or op and copy) of a comparison are timed alternately, repetition by repetition, in alternating
 order, so that load changes on the machine hit both alike. Reported: median and best time of each, the ratio of
-the medians and the median of the per-repetition ratios. ``--quick`` runs few repetitions (a smoke test).
+the medians, the median of the per-repetition ratios and the ratio of the best times (on a shared machine, where
+other load only adds time, the steadiest). ``--quick`` runs few repetitions (a smoke test).
 """
 import argparse
 import json
@@ -109,7 +110,8 @@ def bench_op(device, quick):
     index = default_index(2 * channels, channels, device=device)
     emit(f'\n[op] ghost_shift of 1x{channels}x{size}x{size} -> 1x{2 * channels}x{size}x{size}, move (1, -1); '
          f'backend {backend.backend_name(device)}; bytes = input read + output written')
-    emit(f'{"dtype":>9} {"layout":>13} {"op ms":>8} {"op GB/s":>8} {"copy GB/s":>9} {"op/copy":>7} {"ref GB/s":>8}')
+    emit(f'{"dtype":>9} {"layout":>13} {"op ms":>8} {"op GB/s":>8} {"copy GB/s":>9} {"op/copy":>7} {"best":>6} '
+         f'{"ref GB/s":>8}')
     for dtype, channels_last in cases:
         x = torch.randn(1, channels, size, size, device=device, dtype=dtype)
         if channels_last:
@@ -127,11 +129,13 @@ def bench_op(device, quick):
                 }, reps, 3)
         op_ms, copy_ms, ref_ms = (statistics.median(times[k]) for k in ('op', 'copy', 'reference'))
         op_bw, copy_bw, ref_bw = op_bytes / op_ms / 1e6, copy_bytes / copy_ms / 1e6, op_bytes / ref_ms / 1e6
+        best = (op_bytes / min(times['op'])) / (copy_bytes / min(times['copy']))
         layout = 'channels_last' if channels_last else 'NCHW'
         emit(f'{str(dtype)[6:]:>9} {layout:>13} {op_ms:8.3f} {op_bw:8.1f} {copy_bw:9.1f} {op_bw / copy_bw:7.2f} '
-             f'{ref_bw:8.1f}',
+             f'{best:6.2f} {ref_bw:8.1f}',
              what='op', dtype=str(dtype), layout=layout, op_ms=op_ms, op_GBps=op_bw, copy_GBps=copy_bw,
-             op_over_copy=op_bw / copy_bw, reference_GBps=ref_bw, best_op_ms=min(times['op']))
+             op_over_copy=op_bw / copy_bw, best_op_over_copy=best, reference_GBps=ref_bw,
+             best_op_ms=min(times['op']))
         del x, out, src, dst
 
 
@@ -149,25 +153,83 @@ def build_pair(device, num_feat, num_block, res_scale):
     return EDSR(**kwargs).to(device), GhostEDSR(**kwargs).to(device)
 
 
-def report_pair(mode, times, unit='ms'):
-    med, paired = ratio_stats(times, 'ghost', 'edsr')
-    edsr, ghost = statistics.median(times['edsr']), statistics.median(times['ghost'])
-    emit(f'{mode:<34} {edsr:9.2f} {ghost:9.2f} {med:6.3f} {paired:7.3f}   (best {min(times["edsr"]):.2f} / '
-         f'{min(times["ghost"]):.2f} {unit})',
-         what='net', mode=mode, edsr_ms=edsr, ghost_ms=ghost, ratio=med, paired_ratio=paired,
-         edsr_best_ms=min(times['edsr']), ghost_best_ms=min(times['ghost']))
-    return edsr, ghost
+def report_pair(mode, times, ghost='ghost'):
+    """One line: EDSR and ghost medians, ratio of medians, median of paired ratios, best times."""
+    med, paired = ratio_stats(times, ghost, 'edsr')
+    edsr_ms, ghost_ms = statistics.median(times['edsr']), statistics.median(times[ghost])
+    edsr_best, ghost_best = min(times['edsr']), min(times[ghost])
+    emit(f'{mode:<56} {edsr_ms:9.2f} {ghost_ms:9.2f} {med:6.3f} {paired:7.3f} {ghost_best / edsr_best:6.3f}   '
+         f'(best {edsr_best:.2f} / {ghost_best:.2f} ms)',
+         what='net', mode=mode, edsr_ms=edsr_ms, ghost_ms=ghost_ms, ratio=med, paired_ratio=paired,
+         edsr_best_ms=edsr_best, ghost_best_ms=ghost_best, best_ratio=ghost_best / edsr_best)
+    return edsr_ms, ghost_ms
+
+
+# ratio: of the medians; paired: median of the per-repetition ratios; best: of the fastest runs (on a shared
+# machine, where other load only ever adds time, the steadiest of the three).
+NET_HEADER = f'{"mode":<56} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7} {"best":>6}'
+
+
+def fused_forward(net):
+    """GhostEDSR's forward with the epilogues fused into the ghost op (a proposal; not yet in edsr_arch/ghost_conv).
+
+    Each residual block runs ``conv1 -> ghost_shift(relu=True)`` and ``conv2 -> ghost_shift(residual=x,
+    scale=res_scale)``; ``conv_after_body`` adds the head features the same way. Same value as ``net.forward``
+    (checked before timing), two to three fewer passes over each block's features.
+    """
+    from torch import nn
+
+    from ghostsr_plugin.ops import backend
+
+    def ghost_conv(layer, x, **epilogue):
+        offset, probs = layer.current_offset()
+        return backend.ghost_shift(nn.Conv2d.forward(layer, x), layer.ghost_index, offset, layer.d, probs, **epilogue)
+
+    def forward(x):
+        net.ghost_schedule.plan(net, net.training)
+        net.mean = net.mean.type_as(x)
+        x = (x - net.mean) * net.img_range
+        x = net.conv_first(x)
+        res = x
+        for block in net.body:
+            res = ghost_conv(block.conv2, ghost_conv(block.conv1, res, relu=True), residual=res, scale=block.res_scale)
+        res = ghost_conv(net.conv_after_body, res, residual=x)
+        x = net.conv_last(net.upsample(res))
+        return x / net.img_range + net.mean
+
+    return forward
 
 
 def bench_nets_cpu(device, quick):
     edsr, ghost = build_pair(device, 64, 16, 1.0)
     edsr.eval(), ghost.eval()
-    x = torch.rand(1, 3, 128, 128, device=device)
-    emit('\n[net] EDSR-baseline x2 (num_feat 64, num_block 16) vs GhostEDSR (λ 0.5), 1x3x128x128, fp32 NCHW, eval')
-    emit(f'{"mode":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
-    with torch.inference_mode():
-        times = interleaved(Timer(device), {'edsr': lambda: edsr(x), 'ghost': lambda: ghost(x)}, 3 if quick else 12, 2)
-    report_pair('fp32 eager', times)
+    fused = fused_forward(ghost)
+    emit('\n[net] EDSR-baseline x2 (num_feat 64, num_block 16) vs GhostEDSR (λ 0.5), 1x3x128x128, fp32, eval')
+    emit(NET_HEADER)
+    best = {'edsr': [], 'ghost': []}
+    for layout in ('NCHW', 'channels_last'):
+        memory_format = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+        edsr.to(memory_format=memory_format), ghost.to(memory_format=memory_format)
+        x = torch.rand(1, 3, 128, 128, device=device).contiguous(memory_format=memory_format)
+        with torch.inference_mode():
+            assert torch.equal(fused(x), ghost(x)), 'fused epilogue changed the output'
+            times = interleaved(Timer(device), {
+                'edsr': lambda: edsr(x),
+                'ghost': lambda: ghost(x),
+                'fused': lambda: fused(x)
+            }, 3 if quick else 12, 2)
+        edsr_ms, ghost_ms = report_pair(f'fp32 {layout} eager, GhostEDSR', times)
+        fused_ms = report_pair(f'fp32 {layout} eager, + fused epilogue (proposed)', times, ghost='fused')[1]
+        best['edsr'].append((edsr_ms, f'fp32 {layout} eager'))
+        best['ghost'] += [(ghost_ms, f'fp32 {layout} eager'), (fused_ms, f'fp32 {layout} eager, fused epilogue')]
+    report_fastest(best)
+
+
+def report_fastest(best):
+    (edsr_ms, edsr_mode), (ghost_ms, ghost_mode) = min(best['edsr']), min(best['ghost'])
+    emit(f'fastest ghost / fastest EDSR: {ghost_ms:.2f} ms ({ghost_mode}) / {edsr_ms:.2f} ms ({edsr_mode}) = '
+         f'{ghost_ms / edsr_ms:.3f}',
+         what='fastest', ratio=ghost_ms / edsr_ms, ghost_mode=ghost_mode, edsr_mode=edsr_mode)
 
 
 def _set_tf32(enabled):
@@ -175,60 +237,72 @@ def _set_tf32(enabled):
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def bench_nets_cuda(device, quick):
+def bench_nets_cuda(device, quick, size=512, num_feat=256, num_block=32):
     reps, warmup = (3, 2) if quick else (15, 5)
     timer = Timer(device)
     torch.backends.cudnn.benchmark = True
-    edsr, ghost = build_pair(device, 256, 32, 0.1)
+    edsr, ghost = build_pair(device, num_feat, num_block, 0.1)
     edsr.eval(), ghost.eval()
-    emit('\n[net] EDSR-L x2 (num_feat 256, num_block 32, res_scale 0.1) vs GhostEDSR-L (λ 0.5), 1x3x512x512, eval')
-    emit(f'{"mode":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
+    emit(f'\n[net] EDSR-L x2 (num_feat {num_feat}, num_block {num_block}, res_scale 0.1) vs GhostEDSR-L (λ 0.5), '
+         f'1x3x{size}x{size}, eval')
+    emit(NET_HEADER)
     best = {'edsr': [], 'ghost': []}
-    x32 = torch.rand(1, 3, 512, 512, device=device)
+    fused = fused_forward(ghost)
+
+    def run(mode, plain, ghosted, ghosted_fused, x):
+        fns = {'edsr': lambda: plain(x), 'ghost': lambda: ghosted(x)}
+        if ghosted_fused is not None:
+            assert torch.equal(ghosted_fused(x), ghosted(x)), 'fused epilogue changed the output'
+            fns['fused'] = lambda: ghosted_fused(x)
+        times = interleaved(timer, fns, reps, warmup)
+        edsr_ms, ghost_ms = report_pair(f'{mode}, GhostEDSR', times)
+        best['edsr'].append((edsr_ms, mode))
+        best['ghost'].append((ghost_ms, mode))
+        if ghosted_fused is not None:
+            best['ghost'].append((report_pair(f'{mode}, + fused epilogue (proposed)', times, ghost='fused')[1],
+                                  f'{mode}, fused epilogue'))
+
+    x32 = torch.rand(1, 3, size, size, device=device)
     with torch.inference_mode():
         for mode, tf32 in (('fp32 NCHW TF32 off, eager', False), ('fp32 NCHW TF32 on, eager', True)):
             _set_tf32(tf32)
-            times = interleaved(timer, {'edsr': lambda: edsr(x32), 'ghost': lambda: ghost(x32)}, reps, warmup)
-            for name, value in zip(('edsr', 'ghost'), report_pair(mode, times)):
-                best[name].append((value, mode))
+            run(mode, edsr, ghost, fused, x32)
     _set_tf32(False)
     edsr.half().to(memory_format=torch.channels_last)
     ghost.half().to(memory_format=torch.channels_last)
     x16 = x32.half().contiguous(memory_format=torch.channels_last)
-    nets = {'eager': (edsr, ghost), 'torch.compile': (torch.compile(edsr), torch.compile(ghost))}
     with torch.inference_mode():
-        for kind, (plain, ghosted) in nets.items():
-            mode = f'fp16 channels_last, {kind}'
-            times = interleaved(timer, {'edsr': lambda: plain(x16), 'ghost': lambda: ghosted(x16)}, reps, warmup)
-            for name, value in zip(('edsr', 'ghost'), report_pair(mode, times)):
-                best[name].append((value, mode))
-    (edsr_ms, edsr_mode), (ghost_ms, ghost_mode) = min(best['edsr']), min(best['ghost'])
-    emit(f'fastest ghost / fastest EDSR: {ghost_ms:.2f} ms ({ghost_mode}) / {edsr_ms:.2f} ms ({edsr_mode}) = '
-         f'{ghost_ms / edsr_ms:.3f}',
-         what='fastest', ratio=ghost_ms / edsr_ms, ghost_mode=ghost_mode, edsr_mode=edsr_mode)
-    del edsr, ghost, nets
+        run('fp16 channels_last, eager', edsr, ghost, fused, x16)
+        run('fp16 channels_last, torch.compile', torch.compile(edsr), torch.compile(ghost), None, x16)
+    report_fastest(best)
+    del edsr, ghost, fused
     torch.cuda.empty_cache()
 
 
-def bench_train_cuda(device, quick):
+def bench_train_cuda(device, quick, batch=16, patch=48, num_feat=256, num_block=32):
     """Training iteration: batch 16 of 48x48 LR (x2), bf16 autocast, L1 loss, Adam; learnable shift."""
     reps, warmup = (3, 3) if quick else (20, 10)
     timer = Timer(device)
-    emit('\n[train] EDSR-L x2 vs GhostEDSR-L, batch 16 of 48x48 LR, bf16 autocast, L1, Adam (learnable shift)')
-    emit(f'{"mode":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
-    lq = torch.rand(16, 3, 48, 48, device=device)
-    gt = torch.rand(16, 3, 96, 96, device=device)
+    emit(f'\n[train] EDSR-L x2 vs GhostEDSR-L, batch {batch} of {patch}x{patch} LR, bf16 autocast, L1, Adam '
+         '(learnable shift)')
+    emit(NET_HEADER)
+    lq = torch.rand(batch, 3, patch, patch, device=device)
+    gt = torch.rand(batch, 3, 2 * patch, 2 * patch, device=device)
     for kind in ('eager', 'torch.compile'):
-        edsr, ghost = build_pair(device, 256, 32, 0.1)
+        edsr, ghost = build_pair(device, num_feat, num_block, 0.1)
+        nets = [('edsr', edsr, edsr), ('ghost', ghost, ghost)]
+        if kind == 'eager':
+            fused_net = build_pair(device, num_feat, num_block, 0.1)[1]
+            nets.append(('fused', fused_net, fused_forward(fused_net)))
         steps = {}
-        for name, net in (('edsr', edsr), ('ghost', ghost)):
+        for name, net, forward in nets:
             net.train()
-            model = torch.compile(net) if kind == 'torch.compile' else net
+            model = torch.compile(forward) if kind == 'torch.compile' else forward
             optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
             def step(model=model, optimizer=optimizer):
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast('cuda', dtype=torch.bfloat16):
+                with torch.autocast(device.type, dtype=torch.bfloat16):
                     loss = torch.nn.functional.l1_loss(model(lq), gt)
                 loss.backward()
                 optimizer.step()
@@ -237,8 +311,10 @@ def bench_train_cuda(device, quick):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # GhostSchedule: trained without GhostSRModel
             times = interleaved(timer, steps, reps, warmup)
-        report_pair(f'training iteration, {kind}', times)
-        del edsr, ghost, steps
+        report_pair(f'training iteration, {kind}, GhostEDSR', times)
+        if 'fused' in times:
+            report_pair(f'training iteration, {kind}, + fused epilogue (proposed)', times, ghost='fused')
+        del edsr, ghost, nets, steps
         torch.cuda.empty_cache()
     emit('note: the learnable offsets change between iterations; torch.compile guards on them (Python ints), so '
          'the compiled ghost net may recompile or fall back to eager for new offset combinations.')

@@ -82,38 +82,111 @@ int64_t grain_for(int64_t elems_per_task) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Forward. Pure data movement, so the kernels work on the raw bits (S = unsigned integer of the element size):
-// exact for every dtype, zero fill is all-zero bits (+0.0).
+// Forward. The kernels decide where every output element comes from (a source element or the zero fill) and hand
+// runs of elements to a Writer, which stores them:
+//   * BitWriter: the plain op; pure data movement on the raw bits (S = unsigned integer of the element size), exact
+//     for every dtype, zero fill is all-zero bits (+0.0);
+//   * EpilogueWriter: the fused epilogue out = residual + scale * relu?(value), in the same pass.
+// Short runs are plain loops the compiler vectorises (the build disables their conversion into memcpy calls);
+// long ones go to memcpy/memset.
 
-// Rows [y0, y1) of one plane of Eq. 1 with a one-hot W: dst[y, x] = src[y + dy, x + dx], zero outside.
-// The rows whose source row exists are one flat copy moved by dy * W + dx; the |dx| columns that this copy fills
-// from the neighbouring row (or that have no source) are then zeroed.
+constexpr int64_t kLongRunBytes = 1024;
+
 template <typename S>
-inline void shift_rows(const S* src, S* dst, int64_t y0, int64_t y1, int64_t H, int64_t W, int64_t dy, int64_t dx) {
+struct BitWriter {
+  using Elem = S;
+  static constexpr int64_t kBlockBytes = 64, kBlock = kBlockBytes / sizeof(S);  // a short run moves in 64-byte blocks
+  S* out;
+
+  void copy(int64_t pos, const S* src_in, int64_t len) const {
+    S* __restrict__ dst = out + pos;
+    const S* __restrict__ src = src_in;  // the op never writes its input
+    if (len * static_cast<int64_t>(sizeof(S)) >= kLongRunBytes) {
+      std::memcpy(dst, src, len * sizeof(S));
+      return;
+    }
+    int64_t i = 0;
+    for (; i + kBlock <= len; i += kBlock) __builtin_memcpy(dst + i, src + i, kBlockBytes);  // inlined moves
+    for (; i < len; ++i) dst[i] = src[i];
+  }
+
+  void zero(int64_t pos, int64_t len) const {
+    S* __restrict__ dst = out + pos;
+    if (len * static_cast<int64_t>(sizeof(S)) >= kLongRunBytes) {
+      std::memset(dst, 0, len * sizeof(S));
+      return;
+    }
+    int64_t i = 0;
+    for (; i + kBlock <= len; i += kBlock) __builtin_memset(dst + i, 0, kBlockBytes);
+    for (; i < len; ++i) dst[i] = 0;
+  }
+};
+
+// out = residual + scale * relu?(value), rounded to T after each step as the separate PyTorch ops round (relu; a
+// multiplication by a Python scalar computes in opmath and rounds; the addition rounds).
+template <typename T, bool Relu, bool Residual>
+struct EpilogueWriter {
+  using Elem = T;
+  using A = at::opmath_type<T>;
+  T* out;
+  const T* residual;
+  A scale;
+
+  static T apply(A v, T r, A s) {
+    if constexpr (Relu) v = v < A(0) ? A(0) : v;
+    const T scaled = static_cast<T>(v * s);
+    if constexpr (Residual) {
+      return static_cast<T>(static_cast<A>(r) + static_cast<A>(scaled));
+    } else {
+      return scaled;
+    }
+  }
+
+  void copy(int64_t pos, const T* src_in, int64_t len) const {
+    T* __restrict__ dst = out + pos;
+    const T* __restrict__ src = src_in;
+    const T* __restrict__ res = Residual ? residual + pos : nullptr;
+    const A s = scale;  // locals: stores through dst cannot change them, so the loop vectorises
+    for (int64_t i = 0; i < len; ++i) dst[i] = apply(static_cast<A>(src[i]), Residual ? res[i] : T(0), s);
+  }
+
+  void zero(int64_t pos, int64_t len) const {
+    T* __restrict__ dst = out + pos;
+    const T* __restrict__ res = Residual ? residual + pos : nullptr;
+    const A s = scale;
+    for (int64_t i = 0; i < len; ++i) dst[i] = apply(A(0), Residual ? res[i] : T(0), s);
+  }
+};
+
+// Rows [y0, y1) of one plane (output elements from `pos`) of Eq. 1 with a one-hot W: out[y, x] = src[y + dy, x + dx],
+// zero outside. The rows whose source row exists are one flat run moved by dy * W + dx; the |dx| columns that this
+// run fills from the neighbouring row (or that have no source) are then rewritten as zero fill.
+template <typename Writer>
+inline void shift_rows(const Writer& w, const typename Writer::Elem* src, int64_t pos, int64_t y0, int64_t y1,
+                       int64_t H, int64_t W, int64_t dy, int64_t dx) {
   const int64_t ya = std::clamp<int64_t>(-dy, y0, y1), yb = std::clamp<int64_t>(H - dy, ya, y1);  // rows with a source
-  std::memset(dst + y0 * W, 0, (ya - y0) * W * sizeof(S));
-  std::memset(dst + yb * W, 0, (y1 - yb) * W * sizeof(S));
+  w.zero(pos + y0 * W, (ya - y0) * W);
+  w.zero(pos + yb * W, (y1 - yb) * W);
   if (ya == yb) return;
   if (dx <= -W || dx >= W) {
-    std::memset(dst + ya * W, 0, (yb - ya) * W * sizeof(S));
+    w.zero(pos + ya * W, (yb - ya) * W);
     return;
   }
   const int64_t p0 = ya * W + std::max<int64_t>(0, -dx), p1 = yb * W - std::max<int64_t>(0, dx);
-  std::memcpy(dst + p0, src + p0 + dy * W + dx, (p1 - p0) * sizeof(S));
+  w.copy(pos + p0, src + p0 + dy * W + dx, p1 - p0);
   const int64_t xa = std::max<int64_t>(0, -dx), xb = W - std::max<int64_t>(0, dx);  // columns with a source
   if (xa == 0 && xb == W) return;
   for (int64_t y = ya; y < yb; ++y) {
-    S* row = dst + y * W;
-    for (int64_t x = 0; x < xa; ++x) row[x] = 0;
-    for (int64_t x = xb; x < W; ++x) row[x] = 0;
+    w.zero(pos + y * W, xa);
+    w.zero(pos + y * W + xb, W - xb);
   }
 }
 
 // NCHW: one task per (batch, source channel, row block) writes every output channel made from that source, so
 // each input row is read from memory once and reused from cache for its copies.
-template <typename S, typename Finish>
-void forward_nchw(const S* x, S* out, const ChannelUsers& u, int64_t N, int64_t c_out, int64_t H, int64_t W,
-                  int64_t dy, int64_t dx, const Finish& finish) {
+template <typename Writer>
+void forward_nchw(const Writer& w, const typename Writer::Elem* x, const ChannelUsers& u, int64_t N, int64_t c_out,
+                  int64_t H, int64_t W, int64_t dy, int64_t dx) {
   const int64_t n = u.num_in, plane = H * W;
   const RowBlocks blocks(H, W);
   const int64_t per_task = blocks.rows * W * std::max<int64_t>(1, c_out / std::max<int64_t>(n, 1));
@@ -121,15 +194,12 @@ void forward_nchw(const S* x, S* out, const ChannelUsers& u, int64_t N, int64_t 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t block = task % blocks.count, bs = task / blocks.count, s = bs % n, b = bs / n;
       const int64_t y0 = block * blocks.rows, y1 = std::min(H, y0 + blocks.rows);
-      const S* src = x + (b * n + s) * plane;
-      S* out_b = out + b * c_out * plane;
+      const auto* src = x + (b * n + s) * plane;
       for (const int64_t* c = u.begin(s); c != u.end(s); ++c) {
-        std::memcpy(out_b + *c * plane + y0 * W, src + y0 * W, (y1 - y0) * W * sizeof(S));
-        finish((b * c_out + *c) * plane + y0 * W, (y1 - y0) * W);
+        w.copy((b * c_out + *c) * plane + y0 * W, src + y0 * W, (y1 - y0) * W);
       }
       for (const int64_t* c = u.begin(n + s); c != u.end(n + s); ++c) {
-        shift_rows(src, out_b + *c * plane, y0, y1, H, W, dy, dx);
-        finish((b * c_out + *c) * plane + y0 * W, (y1 - y0) * W);
+        shift_rows(w, src, (b * c_out + *c) * plane, y0, y1, H, W, dy, dx);
       }
     }
   });
@@ -156,11 +226,12 @@ std::vector<Run> channel_runs(const std::vector<int64_t>& index, int64_t n) {
 }
 
 // Channels_last: one task per output row (b, y); each output pixel gathers its channels from the intrinsic pixel
-// (y, x) and the moved one (y + dy, x + dx). Maps made of long runs (the default [I, G]) copy runs; scattered maps
-// (clustering, §3.2) gather channel by channel.
-template <typename S, typename Finish>
-void forward_nhwc(const S* x, S* out, const std::vector<int64_t>& index, int64_t n, int64_t N, int64_t H, int64_t W,
-                  int64_t dy, int64_t dx, const Finish& finish) {
+// (y, x) and the moved one (y + dy, x + dx). Maps made of long runs (the default [I, G]) move runs; scattered maps
+// (clustering, §3.2) gather channel by channel into a pixel buffer first.
+template <typename Writer>
+void forward_nhwc(const Writer& w, const typename Writer::Elem* x, const std::vector<int64_t>& index, int64_t n,
+                  int64_t N, int64_t H, int64_t W, int64_t dy, int64_t dx) {
+  using E = typename Writer::Elem;
   const int64_t c_out = static_cast<int64_t>(index.size());
   const std::vector<Run> runs = channel_runs(index, n);
   const bool by_runs = static_cast<int64_t>(runs.size()) * 4 <= c_out;
@@ -171,32 +242,31 @@ void forward_nhwc(const S* x, S* out, const std::vector<int64_t>& index, int64_t
     src_c[c] = is_ghost[c] ? index[c] - n : index[c];
   }
   at::parallel_for(0, N * H, grain_for(W * c_out), [&](int64_t begin, int64_t end) {
+    std::vector<E> pixel(by_runs ? 0 : c_out);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H, ys = y + dy;
       const bool row_valid = ys >= 0 && ys < H;
       for (int64_t col = 0; col < W; ++col) {
-        S* o = out + (row * W + col) * c_out;
-        const S* p0 = x + (row * W + col) * n;
+        const int64_t pos = (row * W + col) * c_out;
+        const E* p0 = x + (row * W + col) * n;
         const int64_t xs = col + dx;
-        const S* p1 = row_valid && xs >= 0 && xs < W ? x + ((b * H + ys) * W + xs) * n : nullptr;
+        const E* p1 = row_valid && xs >= 0 && xs < W ? x + ((b * H + ys) * W + xs) * n : nullptr;
         if (by_runs) {
           for (const Run& r : runs) {
-            const S* p = r.ghost ? p1 : p0;
-            S* dst = o + r.out_c;
+            const E* p = r.ghost ? p1 : p0;
             if (p == nullptr) {
-              for (int64_t i = 0; i < r.len; ++i) dst[i] = 0;
+              w.zero(pos + r.out_c, r.len);
             } else {
-              const S* src = p + r.src_c;
-              for (int64_t i = 0; i < r.len; ++i) dst[i] = src[i];
+              w.copy(pos + r.out_c, p + r.src_c, r.len);
             }
           }
         } else {
           for (int64_t c = 0; c < c_out; ++c) {
-            o[c] = is_ghost[c] ? (p1 ? p1[src_c[c]] : S(0)) : p0[src_c[c]];
+            pixel[c] = is_ghost[c] ? (p1 ? p1[src_c[c]] : E(0)) : p0[src_c[c]];
           }
+          w.copy(pos, pixel.data(), c_out);
         }
       }
-      finish(row * W * c_out, W * c_out);
     }
   });
 }
@@ -216,48 +286,18 @@ struct BitsOf<8> {
   using type = uint64_t;
 };
 
-// The forward's optional fused epilogue, applied in place to each chunk of the output right after it is written
-// (while it is in cache): out = residual + scale * relu?(out), rounded to T after each step as the separate
-// PyTorch ops round (relu; mul by a Python scalar computes in opmath and rounds; add rounds).
-struct NoEpilogue {
-  void operator()(int64_t, int64_t) const {}
-};
-
-template <typename T, bool Relu, bool Residual>
-struct Epilogue {
-  using A = at::opmath_type<T>;
-  T* out;
-  const T* residual;
-  A scale;
-
-  void operator()(int64_t offset, int64_t len) const {
-    T* o = out + offset;
-    const T* r = residual + offset;
-    for (int64_t i = 0; i < len; ++i) {
-      A v = static_cast<A>(o[i]);
-      if constexpr (Relu) v = v < A(0) ? A(0) : v;
-      const T scaled = static_cast<T>(v * scale);
-      if constexpr (Residual) {
-        o[i] = static_cast<T>(static_cast<A>(r[i]) + static_cast<A>(scaled));
-      } else {
-        o[i] = scaled;
-      }
-    }
-  }
-};
-
 template <typename T, typename Run>
 void with_epilogue(bool relu, bool residual, T* out, const T* res, double scale, const Run& run) {
   using A = at::opmath_type<T>;
   const A s = static_cast<A>(scale);
   if (relu && residual) {
-    run(Epilogue<T, true, true>{out, res, s});
+    run(EpilogueWriter<T, true, true>{out, res, s});
   } else if (relu) {
-    run(Epilogue<T, true, false>{out, res, s});
+    run(EpilogueWriter<T, true, false>{out, res, s});
   } else if (residual) {
-    run(Epilogue<T, false, true>{out, res, s});
+    run(EpilogueWriter<T, false, true>{out, res, s});
   } else {
-    run(Epilogue<T, false, false>{out, res, s});
+    run(EpilogueWriter<T, false, false>{out, res, s});
   }
 }
 
@@ -280,19 +320,19 @@ at::Tensor ghost_shift_cpu(const at::Tensor& x_in, const at::Tensor& index, int6
   const auto [dy, dx] = offset_to_shift(offset, d);
   const bool epilogue = relu || residual.defined() || scale != 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ghost_shift_cpu", [&] {
-    using S = typename BitsOf<sizeof(scalar_t)>::type;
-    const S* src = reinterpret_cast<const S*>(x.const_data_ptr<scalar_t>());
-    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    S* dst = reinterpret_cast<S*>(out_data);
-    auto run = [&](const auto& finish) {
+    auto run = [&](const auto& writer) {
+      using E = typename std::decay_t<decltype(writer)>::Elem;
+      const E* src = reinterpret_cast<const E*>(x.const_data_ptr<scalar_t>());
       if (cl) {
-        forward_nhwc(src, dst, map, n, N, H, W, dy, dx, finish);
+        forward_nhwc(writer, src, map, n, N, H, W, dy, dx);
       } else {
-        forward_nchw(src, dst, group_users(map, n), N, c_out, H, W, dy, dx, finish);
+        forward_nchw(writer, src, group_users(map, n), N, c_out, H, W, dy, dx);
       }
     };
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     if (!epilogue) {
-      run(NoEpilogue{});
+      using S = typename BitsOf<sizeof(scalar_t)>::type;
+      run(BitWriter<S>{reinterpret_cast<S*>(out_data)});
     } else {
       const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
       with_epilogue<scalar_t>(relu, residual.defined(), out_data, res, scale, run);
