@@ -129,8 +129,10 @@ struct Segments {
   }
 };
 
+// Grid size of a launch; refuses (rather than silently truncating) a grid beyond CUDA's 2^31 - 1 blocks.
 int grid_for(int64_t blocks) {
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), (int64_t{1} << 31) - 1));
+  TORCH_CHECK(blocks < (int64_t{1} << 31), "ghost_shift: input too large for one CUDA launch (", blocks, " blocks)");
+  return static_cast<int>(std::max<int64_t>(blocks, 1));
 }
 
 // ------------------------------------------------------------------------------------------------------------

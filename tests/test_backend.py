@@ -14,9 +14,11 @@ What is compared, and how strictly:
   float/double, the reference sums in the tensor's own dtype).
 * ``gradcheck`` in float64 for the features; the straight-through gradient is checked against autograd of its
   soft surrogate ``sum_k S_k shift_k(I)``.
+* the fused epilogue ``residual + scale * relu?(Y)``: ``torch.equal`` against ``torch.relu``, ``* scale`` and
+  ``residual +`` run one after the other, forward and gradients.
 
 Every test that needs the compiled extension fails (not skips) when it is missing, so CI notices a broken build,
-unless ``GHOSTSR_NO_EXT=1`` says the build was skipped on purpose.
+unless ``GHOSTSR_NO_EXT=1`` says the build was skipped on purpose; the fallback and input-check tests run either way.
 """
 import os
 import warnings
@@ -31,7 +33,7 @@ from ghostsr_plugin.ops.ghost_conv import GhostConv2d, num_intrinsic_channels
 from ghostsr_plugin.ops.shift import default_index, ghost_shift_reference, offset_to_shift, shift2d, window_size
 
 NO_EXT = os.environ.get('GHOSTSR_NO_EXT') == '1'
-pytestmark = pytest.mark.skipif(NO_EXT, reason='GHOSTSR_NO_EXT=1: the compiled extension was not built on purpose')
+requires_ext = pytest.mark.skipif(NO_EXT, reason='GHOSTSR_NO_EXT=1: the compiled extension was not built on purpose')
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = ['nchw', 'channels_last']
@@ -69,6 +71,7 @@ def reference_grad_x(x, index, offset, d, grad):
 # The compiled op is built and is what runs.
 
 
+@requires_ext
 def test_extension_is_built_and_selected():
     """CI must fail when the C++ extension did not build: import it directly, no fallback."""
     from ghostsr_plugin import _C  # noqa: F401
@@ -79,6 +82,7 @@ def test_extension_is_built_and_selected():
     assert torch._C._dispatch_has_kernel_for_dispatch_key('ghostsr::ghost_shift', 'CPU')
 
 
+@requires_ext
 def test_ghost_layer_dispatches_the_cpp_op():
     """A GhostConv2d forward and backward run ghostsr::ghost_shift (+ its backward ops), not the reference's ops."""
     torch.manual_seed(0)
@@ -119,6 +123,7 @@ def test_one_warning_when_falling_back(monkeypatch):
     assert torch.equal(out, ghost_shift_reference(x, index, 3, 1))
 
 
+@requires_ext
 def test_unsupported_device_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(backend, '_warned', set())
     x, index = torch.empty(1, 4, 5, 5, device='meta'), default_index(8, 4, device='meta')
@@ -134,6 +139,7 @@ def test_unsupported_device_falls_back_with_one_warning(monkeypatch):
 # Forward: exact.
 
 
+@requires_ext
 @pytest.mark.parametrize('ratio', RATIOS)
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
@@ -149,6 +155,7 @@ def test_forward_exact(dtype, layout, ratio):
             assert out.is_contiguous(memory_format=memory_format), 'output keeps the input layout'
 
 
+@requires_ext
 @pytest.mark.parametrize('shape', [(1, 1, 1), (3, 1, 5), (2, 5, 1), (0, 4, 4), (1, 2, 2), (2, 17, 33)])
 def test_forward_exact_edge_sizes(shape):
     """Sizes smaller than the move (everything zero), single rows/columns, empty batch, wider planes."""
@@ -160,6 +167,7 @@ def test_forward_exact_edge_sizes(shape):
                     assert torch.equal(op.ghost_shift(x, index, k, d), ghost_shift_reference(x, index, k, d))
 
 
+@requires_ext
 def test_forward_non_contiguous_inputs():
     """Strided views (channel slice, transposed planes, expanded batch) give the reference's values."""
     base = torch.randn(2, 10, 9, 7)
@@ -175,6 +183,7 @@ def test_forward_non_contiguous_inputs():
     assert torch.equal(op.ghost_shift(x, index, 1, 1), ghost_shift_reference(x, index, 1, 1))
 
 
+@requires_ext
 def test_forward_wide_maps_threads():
     """Larger maps split over row blocks and threads give the same result with 1 and 2 threads."""
     x = features(16, torch.float32, 'nchw', shape=(1, 300, 130))
@@ -195,6 +204,7 @@ def test_forward_wide_maps_threads():
 # Backward.
 
 
+@requires_ext
 @pytest.mark.parametrize('ratio', RATIOS)
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
@@ -215,6 +225,7 @@ def test_grad_x(dtype, layout, ratio):
                 torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
 
 
+@requires_ext
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_grad_x_shared_sources_bitwise_on_cpu(dtype, layout):
@@ -228,6 +239,7 @@ def test_grad_x_shared_sources_bitwise_on_cpu(dtype, layout):
             assert torch.equal(op.ghost_shift_backward(grad, index, k, d, n), reference_grad_x(x, index, k, d, grad))
 
 
+@requires_ext
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_grad_probs(dtype, layout):
@@ -246,6 +258,7 @@ def test_grad_probs(dtype, layout):
                 torch.testing.assert_close(ours.double(), probs.grad, rtol=1e-5, atol=1e-4)
 
 
+@requires_ext
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_autograd_through_backend_matches_reference(layout):
     """backend.ghost_shift with probs: same output, same dL/dx, allclose dL/dS(W'), probs dtype kept."""
@@ -269,6 +282,7 @@ def test_autograd_through_backend_matches_reference(layout):
                                    atol=5e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5)
 
 
+@requires_ext
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_gradcheck_float64(layout):
     for d, k in [(1, 2), (1, 6), (2, 9)]:
@@ -278,6 +292,7 @@ def test_gradcheck_float64(layout):
         assert torch.autograd.gradcheck(lambda t: backend.ghost_shift(t, index, k, d), (x, ))
 
 
+@requires_ext
 def test_offset_gradient_is_the_soft_surrogate_gradient():
     """dL/dS_k of Eq. 6 equals the exact gradient of sum_k S_k shift_k(I) for the ghost channels (float64)."""
     d, n = 1, 3
@@ -292,6 +307,7 @@ def test_offset_gradient_is_the_soft_surrogate_gradient():
     torch.testing.assert_close(op.ghost_shift_offset_grad(grad, x, index, d), probs.grad, rtol=1e-12, atol=1e-12)
 
 
+@requires_ext
 def test_opcheck():
     """torch.library.opcheck: schema, fake function, autograd registration and AOT dispatch agree."""
     index = maps(3, c_out=7)['random']
@@ -321,6 +337,7 @@ def separate_ops(out, residual=None, scale=1.0, relu=False):
     return out if residual is None else residual + out
 
 
+@requires_ext
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_epilogue_forward_exact(dtype, layout):
@@ -337,6 +354,7 @@ def test_epilogue_forward_exact(dtype, layout):
                 assert torch.equal(backend.ghost_shift(x, index, k, d, **kwargs), expected)
 
 
+@requires_ext
 def test_epilogue_residual_in_other_layout():
     x = features(4, torch.float32, 'channels_last')
     residual = torch.randn(N, C_OUT, H, W)  # NCHW residual for a channels_last input
@@ -346,6 +364,7 @@ def test_epilogue_residual_in_other_layout():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@requires_ext
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_epilogue_backward(layout):
     """Gradients to x, residual and S(W') through the fused epilogue equal those through the separate ops."""
@@ -372,6 +391,7 @@ def test_epilogue_backward(layout):
             torch.testing.assert_close(grads[-1], ref_grads[-1], rtol=tol, atol=tol)
 
 
+@requires_ext
 def test_epilogue_opcheck_and_gradcheck():
     index = maps(3, c_out=7)['random']
     x = features(3, torch.float64, 'nchw', shape=(2, 5, 6)).requires_grad_()
@@ -382,6 +402,7 @@ def test_epilogue_opcheck_and_gradcheck():
     assert torch.autograd.gradcheck(lambda a: op.ghost_shift(a, index, 6, 1, None, None, 1.0, True), (x, ))
 
 
+@requires_ext
 def test_epilogue_bad_inputs():
     x, index = torch.randn(1, 4, 5, 5), default_index(8, 4)
     with pytest.raises(RuntimeError, match='residual must have the output'):
@@ -405,6 +426,7 @@ def _run(module, x, monkeypatch, choice):
     return out.detach(), grads
 
 
+@requires_ext
 @pytest.mark.parametrize('shift_mode', ['learnable', 'fixed', 'copy'])
 def test_ghost_conv_same_with_either_backend(monkeypatch, shift_mode):
     for ratio in RATIOS:
@@ -423,6 +445,7 @@ def test_ghost_conv_same_with_either_backend(monkeypatch, shift_mode):
                 torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6)
 
 
+@requires_ext
 @pytest.mark.filterwarnings('ignore:GhostSR. this Ghost network is trained without GhostSRModel')
 def test_ghost_edsr_same_with_either_backend(monkeypatch):
     torch.manual_seed(0)
@@ -459,6 +482,7 @@ def test_ghost_edsr_same_with_either_backend(monkeypatch):
 # torch.compile / torch.export.
 
 
+@requires_ext
 def test_torch_export():
     index = default_index(8, 4)
 
@@ -473,6 +497,7 @@ def test_torch_export():
     assert torch.equal(exported.module()(x), ghost_shift_reference(x, index, 3, 1))
 
 
+@requires_ext
 def test_torch_compile_runs():
     """One tiny case (CPU Inductor compiles in ~15 s): fullgraph, forward equal, gradients equal to eager."""
     index = maps(4)['random']
@@ -519,6 +544,7 @@ def test_bad_inputs_python_wrapper():
         backend.ghost_shift(x, index, 0, 1, torch.rand(25, requires_grad=True))
 
 
+@requires_ext
 def test_bad_inputs_cpp_op():
     """The C++ op checks everything itself (it is reachable without the Python wrapper)."""
     x, index = torch.randn(1, 4, 5, 5), default_index(8, 4)
