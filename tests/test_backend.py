@@ -517,6 +517,53 @@ def test_torch_compile_runs():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# CUDA kernels (run where a GPU and a build with GHOSTSR_CUDA exist): the same comparisons against the CPU reference.
+
+requires_cuda = pytest.mark.skipif(NO_EXT or not torch.cuda.is_available() or backend.backend_name('cuda') != 'cuda',
+                                   reason='needs a GPU and the CUDA kernels (built with GHOSTSR_CUDA=1)')
+
+
+@requires_cuda
+@pytest.mark.parametrize('shape', [(N, H, W), (2, 6, 16)], ids=['scalar', 'vector'])
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_cuda_matches_reference(dtype, layout, shape):
+    """Odd widths run the scalar kernels, widths and channel counts that are multiples of 8 the vector ones."""
+    for ratio in RATIOS:
+        n = num_intrinsic_channels(C_OUT, ratio)
+        x = features(n, dtype, layout, shape=shape)
+        for name, index in maps(n).items():
+            for d, k in OFFSETS:
+                xc, ic = x.cuda(), index.cuda()
+                assert torch.equal(op.ghost_shift(xc, ic, k, d).cpu(), ghost_shift_reference(x, index, k, d))
+                grad = features(C_OUT, dtype, layout, seed=k, shape=shape)
+                ours = op.ghost_shift_backward(grad.cuda(), ic, k, d, n).cpu()
+                ref = reference_grad_x(x, index, k, d, grad)
+                if unique_sources(index, n):
+                    assert torch.equal(ours, ref), (name, d, k)
+                else:
+                    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(dtype, 1e-6)
+                    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+                torch.testing.assert_close(op.ghost_shift_offset_grad(grad.cuda(), xc, ic, d).cpu(),
+                                           op.ghost_shift_offset_grad(grad, x, index, d), rtol=1e-4, atol=1e-3)
+                residual = features(C_OUT, dtype, layout, seed=1, shape=shape)
+                fused = op.ghost_shift(xc, ic, k, d, None, residual.cuda(), 0.1, True).cpu()
+                assert torch.equal(fused, separate_ops(ghost_shift_reference(x, index, k, d), residual, 0.1, True))
+
+
+@requires_cuda
+def test_cuda_ghost_edsr_same_with_either_backend(monkeypatch):
+    torch.manual_seed(0)
+    net = GhostEDSR(3, 3, num_feat=16, num_block=2, upscale=2).cuda().eval()
+    x = torch.rand(2, 3, 9, 16, device='cuda')
+    with torch.no_grad():
+        monkeypatch.setenv('GHOSTSR_BACKEND', 'auto')
+        out = net(x)
+        monkeypatch.setenv('GHOSTSR_BACKEND', 'reference')
+        assert torch.equal(out, net(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Bad input: clear errors, never a silent wrong result.
 
 
