@@ -120,8 +120,8 @@ def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=
 
 
 def _check_residual(residual, x, index):
-    if residual is None:
-        return
+    if residual is None or not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return  # a malformed x is reported by the main checks
     shape = (x.shape[0], index.shape[0], x.shape[2], x.shape[3])
     if tuple(residual.shape) != shape:
         raise ValueError(f'ghost_shift: residual must have the output\'s shape {shape}, got {tuple(residual.shape)}')
