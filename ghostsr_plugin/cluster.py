@@ -20,7 +20,7 @@ the Ghost net and its plain twin share state-dict names (``GhostConv2d`` keeps `
 
 Producer -> consumer links (for Eq. 9) are found by tracing one forward of the Ghost net on a tiny input
 (:func:`trace_ghost_inputs`): each tensor remembers which ghosted layer's output channels it carries, through
-channel-wise ops (ReLU, scaling by a number, ...) and ``torch.cat`` along channels; anything else (a residual
+channel-wise ops (ReLU, scaling by a number, ...) and ``torch.cat`` along channels; a ghost layer with a fused ``residual`` epilogue, or anything else (a residual
 add, a 1x1 fusion, PixelShuffle) breaks the link. This is generic over the four families (EDSR block conv1->conv2,
 CARN/CARN_M ``body.0 -> body.2``, RDN's dense concatenations) without a per-family list; the links found are
 written to the report (``inputs_from``) so they can be checked.
@@ -243,11 +243,12 @@ def trace_ghost_inputs(net, calls=None):
         elif inputs[name] != segments:
             inputs[name] = [(None, int(args[0].shape[1]))]
 
-    def post_hook(module, args, output):
-        mode.tag(output, [(names[id(module)], int(output.shape[1]))])
+    def post_hook(module, args, kwargs, output):
+        if kwargs.get('residual') is None:  # a fused residual add mixes in other channels: no link
+            mode.tag(output, [(names[id(module)], int(output.shape[1]))])
 
     handles = [h for m in layers.values() for h in (m.register_forward_pre_hook(pre_hook),
-                                                    m.register_forward_hook(post_hook))]
+                                                    m.register_forward_hook(post_hook, with_kwargs=True))]
     was_training = net.training
     net.eval()
     try:

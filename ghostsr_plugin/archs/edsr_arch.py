@@ -7,17 +7,17 @@ from ghostsr_plugin.ops.ghost_conv import GhostOptions, GhostSchedule
 
 
 class GhostResidualBlockNoBN(nn.Module):
-    """BasicSR's ResidualBlockNoBN (conv-ReLU-conv, scaled residual) with both 3x3 convs ghosted."""
+    """BasicSR's ResidualBlockNoBN (conv-ReLU-conv, scaled residual) with both 3x3 convs ghosted; the ReLU and the
+    scaled residual add are fused into the ghost op (same value, fewer passes over the features)."""
 
     def __init__(self, ghost, num_feat=64, res_scale=1, name=''):
         super().__init__()
         self.res_scale = res_scale
         self.conv1 = ghost.conv(num_feat, num_feat, name=f'{name}.conv1')
         self.conv2 = ghost.conv(num_feat, num_feat, name=f'{name}.conv2')
-        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        return x + self.conv2(self.relu(self.conv1(x))) * self.res_scale
+        return self.conv2(self.conv1(x, relu=True), residual=x, scale=self.res_scale)
 
 
 @ARCH_REGISTRY.register()
@@ -78,8 +78,7 @@ class GhostEDSR(nn.Module):
 
         x = (x - self.mean) * self.img_range
         x = self.conv_first(x)
-        res = self.conv_after_body(self.body(x))
-        res += x
+        res = self.conv_after_body(self.body(x), residual=x)
 
         x = self.conv_last(self.upsample(res))
         x = x / self.img_range + self.mean

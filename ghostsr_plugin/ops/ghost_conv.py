@@ -118,10 +118,12 @@ class GhostConv2d(nn.Conv2d):
             return int(probs.argmax()), probs
         return int(self.shift_logits.argmax()), None
 
-    def forward(self, x):
+    def forward(self, x, residual=None, scale=1.0, relu=False):
+        """Ghost layer output ``Y = [I, G]``; optionally ``residual + scale * relu?(Y)`` fused into the same pass
+        (the same value as applying those ops one after another; it saves passes over the features)."""
         intrinsic = super().forward(x)
         offset, probs = self.current_offset()
-        return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs)
+        return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs, residual=residual, scale=scale, relu=relu)
 
     def extra_repr(self):
         return (f'{super().extra_repr()}, full_out_channels={self.full_out_channels}, ratio={self.ratio}, '

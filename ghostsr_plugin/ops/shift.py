@@ -153,7 +153,8 @@ def ghost_shift_reference(x, index, offset, d, probs=None):
     return _gather(x, index, offset, d)
 
 
-def ghost_shift(x, index, offset, d, probs=None):
-    """The ghost op used by the networks: the compiled kernel when one is built, else the reference."""
+def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False):
+    """The ghost op used by the networks: the compiled kernel when one is built, else the reference; with the
+    optional epilogue ``residual + scale * relu?(Y)`` (see :func:`ghostsr_plugin.ops.backend.ghost_shift`)."""
     from ghostsr_plugin.ops import backend
-    return backend.ghost_shift(x, index, offset, d, probs)
+    return backend.ghost_shift(x, index, offset, d, probs, residual=residual, scale=scale, relu=relu)
