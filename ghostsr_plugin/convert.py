@@ -21,7 +21,6 @@ import argparse
 import sys
 from collections import OrderedDict
 
-import torch
 
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
 

@@ -147,7 +147,7 @@ def net_scores(net, data, sets, scale):
 
 
 def print_table(rows, sets):
-    header = f'| model | params | ' + ' | '.join(f'{s} PSNR / SSIM' for s in sets) + ' |'
+    header = '| model | params | ' + ' | '.join(f'{s} PSNR / SSIM' for s in sets) + ' |'
     lines = [header, '|' + '---|' * (2 + len(sets))]
     for label, params, scores in rows:
         cells = ' | '.join(f'{scores[s]["psnr"]:.2f} / {scores[s]["ssim"]:.4f}' for s in sets)

@@ -12,7 +12,6 @@ import ghostsr_plugin  # noqa: F401  (registers the archs; makes basicsr importa
 from basicsr.archs import build_network
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.options import ordered_yaml
-from basicsr.utils.registry import ARCH_REGISTRY
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 OPTIONS = osp.join(ROOT, 'options')

@@ -10,41 +10,15 @@ import ghostsr_plugin  # noqa: F401  (before basicsr: registers the archs, torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin.archs.rdn_arch import RDN, GhostRDN
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
+from arch_helpers import GHOST_EXTRA, conv_params, ghost_params, num_params, plain_state_from_ghost
 
 TINY = dict(num_feat=8, num_block=2, num_layer=3, num_grow_ch=4)
-GHOST_EXTRA = ('shift_logits', 'ghost_index', 'ghost_schedule.iteration')
-
-
-def conv_params(cin, cout, k=3, groups=1):
-    return cout * cin // groups * k * k + cout
-
-
-def ghost_params(cin, cout, k=3, groups=1, learnable=True):
-    """Intrinsic filters (half the outputs at λ=0.5) plus the 9 logits W' of a learnable layer (d=1)."""
-    return conv_params(cin, cout // 2, k, groups) + (9 if learnable else 0)
-
-
-def num_params(net):
-    return sum(p.numel() for p in net.parameters())
-
-
-def plain_state_from_ghost(ghost_net, plain_net):
-    """Weights that make ``plain_net`` compute what ``ghost_net`` computes in copy mode (ghost = unshifted copy)."""
-    ghost_state, modules, state = ghost_net.state_dict(), dict(ghost_net.named_modules()), {}
-    for key, target in plain_net.state_dict().items():
-        module = modules[key.rpartition('.')[0]]
-        value = ghost_state[key]
-        if isinstance(module, GhostConv2d):
-            value = value[module.ghost_index % module.num_intrinsic]
-        assert value.shape == target.shape, key
-        state[key] = value
-    return state
 
 
 def rdn_params(g0, d, c, g, scale, ghost):
     conv3 = ghost_params if ghost else conv_params
-    dense = sum(conv3(g0 + i * g, g) for i in range(c))
-    block = dense + conv_params(g0 + c * g, g0, 1)
+    dense_layers = sum(conv3(g0 + i * g, g) for i in range(c))
+    block = dense_layers + conv_params(g0 + c * g, g0, 1)
     if scale == 4:
         up = conv_params(g0, 4 * g) + conv_params(g, 4 * g)
     else:

@@ -2,7 +2,6 @@ import math
 import os
 import time
 
-import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from basicsr.data import build_dataset
