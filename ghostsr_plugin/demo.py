@@ -163,10 +163,11 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=None, help='fine-tune iterations (overrides --minutes)')
     parser.add_argument('--scale', type=int, default=2, choices=(2, 3, 4))
     parser.add_argument('--name', default=None, help='experiment name (default GhostCARN_M_x<scale>_demo)')
+    parser.add_argument('--sets', nargs='+', default=['Set5', 'Set14'], help='test sets of the table')
     args = parser.parse_args(argv)
     data, scale = os.path.abspath(args.data), args.scale
     name = args.name or f'GhostCARN_M_x{scale}_demo'
-    sets = ('Set5', 'Set14')
+    sets = tuple(args.sets)
     check_data(data)
     start = time.time()
 

@@ -1,0 +1,25 @@
+"""The README's main job, cut to 2 training iterations and Set5: it runs end to end on the real data and prints the
+table, with the converted CARN_M at its reference Set5 x2 figure (37.68 dB)."""
+import os
+import re
+
+import pytest
+
+from conftest import SHARED_DATA, python, run
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason=f'needs the shared data folder {SHARED_DATA}')
+def test_demo_end_to_end(tmp_path):
+    proc = run([python(), '-m', 'ghostsr_plugin.demo', '--data', SHARED_DATA, '--iters', '2', '--sets', 'Set5'],
+               cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = dict(re.findall(r'^\| ([^|]+?) \| [^|]+ \| ([\d.]+) / [\d.]+ \|$', proc.stdout, re.M))
+    assert float(rows['CARN_M (pre-trained)']) == pytest.approx(37.68, abs=0.01)
+    assert float(rows['bicubic']) < float(rows['GhostCARN_M, clustered, no training']) < 37.68
+    assert (tmp_path / 'experiments' / 'GhostCARN_M_x2_demo' / 'results.json').is_file()
+
+
+def test_demo_names_missing_data(tmp_path):
+    proc = run([python(), '-m', 'ghostsr_plugin.demo', '--data', str(tmp_path / 'nowhere')], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert 'lacks train/T91' in proc.stderr and 'weights/carn_m.pth' in proc.stderr
