@@ -94,3 +94,20 @@ def test_model_iters_per_epoch_and_ema_buffers(tiny_data, tmp_path):
     saved = torch.load(tmp_path / 'net_g_1.pth', weights_only=True)
     assert torch.equal(saved['params_ema']['body.0.conv1.ghost_index'], custom)
     assert torch.load(tmp_path / '1.state', weights_only=False)['ghost']['iters_per_epoch'] == 3
+
+
+def test_shift_logits_get_their_own_learning_rate(tiny_data, tmp_path):
+    """`ghost: shift_lr_mult` puts W' in a second optimizer group at lr x mult; everything else keeps lr."""
+    from basicsr.models import build_model
+    from conftest import train_options
+    opt = train_options('lr_groups', dict(NET), tiny_data)
+    opt['ghost'] = {'shift_lr_mult': 100}
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    model = build_model(opt)
+    others, logits = model.optimizer_g.param_groups
+    assert logits['lr'] == pytest.approx(100 * others['lr'])
+    assert len(logits['params']) == len(ghost_layers(model.net_g)) == 5
+    assert all(p.shape == (9, ) for p in logits['params'])
+    opt['ghost'] = {'shift_lr_mult': 0}
+    with pytest.raises(ValueError, match='shift_lr_mult must be a positive number'):
+        build_model(opt)

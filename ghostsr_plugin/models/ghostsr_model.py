@@ -13,7 +13,7 @@ from ghostsr_plugin.ops.ghost_conv import ghost_layers, ghost_offsets
 from ghostsr_plugin.ops.shift import centre_offset
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
 
-GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets')
+GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets', 'shift_lr_mult')
 GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'n_init', 'init_offset', 'offset_margin')
 
 
@@ -32,6 +32,7 @@ class GhostSRModel(SRModel):
       (console/tensorboard), and every layer's offset at each print (``ghost: log_offsets``).
     * ``ghost_init:`` (pretrain_path, param_key, seed, init_offset) clusters a pre-trained plain model into the
       Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume.
+    * ``ghost: shift_lr_mult``: learning-rate multiplier of the shift logits W' (own optimizer group; default 1).
     * EMA copies the ghost buffers (channel maps) too; validation and the EMA net use hard offsets (eval mode).
     * Checkpoints and training states are written atomically; a checkpoint that does not fit the network gets an
       error naming the first key or shape that does not fit.
@@ -96,6 +97,23 @@ class GhostSRModel(SRModel):
         get_root_logger().info(f'GhostSRModel: clustered from {init["pretrain_path"]}\n{report_summary(report)}')
         if self.opt['rank'] == 0:
             atomic_write_json(report, os.path.join(self.opt['path']['experiments_root'], 'ghost_init.json'))
+
+    def setup_optimizers(self):
+        """BasicSR's optimizer, with the shift logits W' in their own group at ``ghost: shift_lr_mult`` x lr
+        (default 1, the paper's setting; a short run can raise it so the offsets can move within its budget)."""
+        mult = self.ghost_opt.get('shift_lr_mult', 1)
+        if not isinstance(mult, (int, float)) or mult <= 0:
+            raise ValueError(f'ghost: shift_lr_mult must be a positive number, got {mult!r}')
+        train_opt = self.opt['train']
+        logits, others = [], []
+        for name, param in self.net_g.named_parameters():
+            if param.requires_grad:
+                (logits if name.endswith('shift_logits') else others).append(param)
+        optim_opt = dict(train_opt['optim_g'])
+        optim_type = optim_opt.pop('type')
+        groups = [{'params': others}] + ([{'params': logits, 'lr': optim_opt['lr'] * mult}] if logits else [])
+        self.optimizer_g = self.get_optimizer(optim_type, groups, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
 
     # ------------------------------------------------------------------------------------------- training
     def optimize_parameters(self, current_iter):
