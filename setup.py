@@ -4,7 +4,8 @@
 
 ``--no-build-isolation`` lets the kernel build use the installed torch. Environment switches:
     GHOSTSR_NO_EXT=1     skip the compiled kernel (the plain-PyTorch reference runs)
-    GHOSTSR_CUDA=1/0     force / skip the CUDA part (default: built when nvcc and a CUDA torch exist)
+    GHOSTSR_CUDA=1/0     force / skip the CUDA part (default: built when nvcc, a CUDA torch and a visible GPU exist;
+                         on a GPU-less machine: CUDA_HOME=<toolkit root> TORCH_CUDA_ARCH_LIST=9.0 GHOSTSR_CUDA=1)
 """
 import os
 import shutil
