@@ -170,40 +170,9 @@ def report_pair(mode, times, ghost='ghost'):
 NET_HEADER = f'{"mode":<56} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7} {"best":>6}'
 
 
-def fused_forward(net):
-    """GhostEDSR's forward with the epilogues fused into the ghost op (a proposal; not yet in edsr_arch/ghost_conv).
-
-    Each residual block runs ``conv1 -> ghost_shift(relu=True)`` and ``conv2 -> ghost_shift(residual=x,
-    scale=res_scale)``; ``conv_after_body`` adds the head features the same way. Same value as ``net.forward``
-    (checked before timing), two to three fewer passes over each block's features.
-    """
-    from torch import nn
-
-    from ghostsr_plugin.ops import backend
-
-    def ghost_conv(layer, x, **epilogue):
-        offset, probs = layer.current_offset()
-        return backend.ghost_shift(nn.Conv2d.forward(layer, x), layer.ghost_index, offset, layer.d, probs, **epilogue)
-
-    def forward(x):
-        net.ghost_schedule.plan(net, net.training)
-        net.mean = net.mean.type_as(x)
-        x = (x - net.mean) * net.img_range
-        x = net.conv_first(x)
-        res = x
-        for block in net.body:
-            res = ghost_conv(block.conv2, ghost_conv(block.conv1, res, relu=True), residual=res, scale=block.res_scale)
-        res = ghost_conv(net.conv_after_body, res, residual=x)
-        x = net.conv_last(net.upsample(res))
-        return x / net.img_range + net.mean
-
-    return forward
-
-
 def bench_nets_cpu(device, quick):
     edsr, ghost = build_pair(device, 64, 16, 1.0)
     edsr.eval(), ghost.eval()
-    fused = fused_forward(ghost)
     emit('\n[net] EDSR-baseline x2 (num_feat 64, num_block 16) vs GhostEDSR (λ 0.5), 1x3x128x128, fp32, eval')
     emit(NET_HEADER)
     best = {'edsr': [], 'ghost': []}
@@ -212,16 +181,13 @@ def bench_nets_cpu(device, quick):
         edsr.to(memory_format=memory_format), ghost.to(memory_format=memory_format)
         x = torch.rand(1, 3, 128, 128, device=device).contiguous(memory_format=memory_format)
         with torch.inference_mode():
-            assert torch.equal(fused(x), ghost(x)), 'fused epilogue changed the output'
             times = interleaved(Timer(device), {
                 'edsr': lambda: edsr(x),
                 'ghost': lambda: ghost(x),
-                'fused': lambda: fused(x)
             }, 3 if quick else 12, 2)
         edsr_ms, ghost_ms = report_pair(f'fp32 {layout} eager, GhostEDSR', times)
-        fused_ms = report_pair(f'fp32 {layout} eager, + fused epilogue (proposed)', times, ghost='fused')[1]
         best['edsr'].append((edsr_ms, f'fp32 {layout} eager'))
-        best['ghost'] += [(ghost_ms, f'fp32 {layout} eager'), (fused_ms, f'fp32 {layout} eager, fused epilogue')]
+        best['ghost'].append((ghost_ms, f'fp32 {layout} eager'))
     report_fastest(best)
 
 
@@ -247,35 +213,27 @@ def bench_nets_cuda(device, quick, size=512, num_feat=256, num_block=32):
          f'1x3x{size}x{size}, eval')
     emit(NET_HEADER)
     best = {'edsr': [], 'ghost': []}
-    fused = fused_forward(ghost)
 
-    def run(mode, plain, ghosted, ghosted_fused, x):
-        fns = {'edsr': lambda: plain(x), 'ghost': lambda: ghosted(x)}
-        if ghosted_fused is not None:
-            assert torch.equal(ghosted_fused(x), ghosted(x)), 'fused epilogue changed the output'
-            fns['fused'] = lambda: ghosted_fused(x)
-        times = interleaved(timer, fns, reps, warmup)
+    def run(mode, plain, ghosted, x):
+        times = interleaved(timer, {'edsr': lambda: plain(x), 'ghost': lambda: ghosted(x)}, reps, warmup)
         edsr_ms, ghost_ms = report_pair(f'{mode}, GhostEDSR', times)
         best['edsr'].append((edsr_ms, mode))
         best['ghost'].append((ghost_ms, mode))
-        if ghosted_fused is not None:
-            best['ghost'].append((report_pair(f'{mode}, + fused epilogue (proposed)', times, ghost='fused')[1],
-                                  f'{mode}, fused epilogue'))
 
     x32 = torch.rand(1, 3, size, size, device=device)
     with torch.inference_mode():
         for mode, tf32 in (('fp32 NCHW TF32 off, eager', False), ('fp32 NCHW TF32 on, eager', True)):
             _set_tf32(tf32)
-            run(mode, edsr, ghost, fused, x32)
+            run(mode, edsr, ghost, x32)
     _set_tf32(False)
     edsr.half().to(memory_format=torch.channels_last)
     ghost.half().to(memory_format=torch.channels_last)
     x16 = x32.half().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        run('fp16 channels_last, eager', edsr, ghost, fused, x16)
-        run('fp16 channels_last, torch.compile', torch.compile(edsr), torch.compile(ghost), None, x16)
+        run('fp16 channels_last, eager', edsr, ghost, x16)
+        run('fp16 channels_last, torch.compile', torch.compile(edsr), torch.compile(ghost), x16)
     report_fastest(best)
-    del edsr, ghost, fused
+    del edsr, ghost
     torch.cuda.empty_cache()
 
 
@@ -291,9 +249,6 @@ def bench_train_cuda(device, quick, batch=16, patch=48, num_feat=256, num_block=
     for kind in ('eager', 'torch.compile'):
         edsr, ghost = build_pair(device, num_feat, num_block, 0.1)
         nets = [('edsr', edsr, edsr), ('ghost', ghost, ghost)]
-        if kind == 'eager':
-            fused_net = build_pair(device, num_feat, num_block, 0.1)[1]
-            nets.append(('fused', fused_net, fused_forward(fused_net)))
         steps = {}
         for name, net, forward in nets:
             net.train()
@@ -312,8 +267,6 @@ def bench_train_cuda(device, quick, batch=16, patch=48, num_feat=256, num_block=
             warnings.simplefilter('ignore')  # GhostSchedule: trained without GhostSRModel
             times = interleaved(timer, steps, reps, warmup)
         report_pair(f'training iteration, {kind}, GhostEDSR', times)
-        if 'fused' in times:
-            report_pair(f'training iteration, {kind}, + fused epilogue (proposed)', times, ghost='fused')
         del edsr, ghost, nets, steps
         torch.cuda.empty_cache()
     emit('note: the learnable offsets change between iterations; torch.compile guards on them (Python ints), so '
