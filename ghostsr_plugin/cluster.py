@@ -34,9 +34,7 @@ writes ``{'params': state_dict}`` (BasicSR format) and ``<out>.json``, the per-l
 """
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 
@@ -47,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 
 from ghostsr_plugin.ops.ghost_conv import GhostConv2d, GhostSchedule
 from ghostsr_plugin.ops.shift import centre_offset, shift_to_offset
-from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
+from ghostsr_plugin.utils.checkpoint import atomic_torch_save, atomic_write, load_checkpoint
 
 __all__ = [
     'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'trace_ghost_inputs', 'cluster_filters',
@@ -68,20 +66,7 @@ def load_state_dict_file(path, param_key='params'):
 
 def atomic_write_json(obj, path):
     """Write ``obj`` as indented JSON, atomically (temporary file beside ``path``, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(handle, 'w') as file:
-            json.dump(obj, file, indent=1)
-            file.write('\n')
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda file: file.write(json.dumps(obj, indent=1) + '\n'), mode='w')
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,17 +4,18 @@ import tempfile
 
 import torch
 
-__all__ = ['atomic_torch_save', 'load_checkpoint', 'check_state_dict_fits']
+__all__ = ['atomic_write', 'atomic_torch_save', 'load_checkpoint', 'check_state_dict_fits']
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, then rename: a killed run never leaves half a file."""
+def atomic_write(path, write, mode='wb'):
+    """Call ``write(file)`` on a temporary file in the same folder, then rename it to ``path``: a killed run never
+    leaves half a file, and an earlier file at ``path`` stays intact until the new one is complete."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
     try:
-        with os.fdopen(handle, 'wb') as file:
-            torch.save(obj, file)
+        with os.fdopen(handle, mode) as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -22,6 +23,11 @@ def atomic_torch_save(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load_checkpoint(path, param_key='params'):
