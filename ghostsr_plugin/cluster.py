@@ -20,8 +20,8 @@ the Ghost net and its plain twin share state-dict names (``GhostConv2d`` keeps `
 
 Producer -> consumer links (for Eq. 9) are found by tracing one forward of the Ghost net on a tiny input
 (:func:`trace_ghost_inputs`): each tensor remembers which ghosted layer's output channels it carries, through
-channel-wise ops (ReLU, scaling by a number, ...) and ``torch.cat`` along channels; a ghost layer with a fused ``residual`` epilogue, or anything else (a residual
-add, a 1x1 fusion, PixelShuffle) breaks the link. This is generic over the four families (EDSR block conv1->conv2,
+channel-wise ops (ReLU, scaling by a number, ...) and ``torch.cat`` along channels; a ghost layer called with a
+fused ``residual`` epilogue, or anything else (a residual add, a 1x1 fusion, PixelShuffle) breaks the link. This is generic over the four families (EDSR block conv1->conv2,
 CARN/CARN_M ``body.0 -> body.2``, RDN's dense concatenations) without a per-family list; the links found are
 written to the report (``inputs_from``) so they can be checked.
 
