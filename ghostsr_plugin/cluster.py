@@ -48,8 +48,8 @@ from ghostsr_plugin.ops.shift import centre_offset, shift_to_offset
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, atomic_write, load_checkpoint
 
 __all__ = [
-    'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'trace_ghost_inputs', 'cluster_filters',
-    'screen_mask', 'cluster_init', 'set_offset_logits', 'report_summary', 'build_network_from_options', 'main'
+    'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'plain_twin_options', 'trace_ghost_inputs',
+    'cluster_filters', 'screen_mask', 'cluster_init', 'set_offset_logits', 'report_summary', 'build_network_from_options', 'main'
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,6 +131,20 @@ def check_plain_state_dict(net, plain_state):
         more = f' (and {len(problems) - 1} more mismatches)' if len(problems) > 1 else ''
         raise ValueError(f'the pre-trained checkpoint does not fit {type(net).__name__}: {problems[0]}{more}. '
                          'Is it of another architecture, width or scale?')
+
+
+def plain_twin_options(network_opt):
+    """BasicSR network options of a Ghost arch's plain twin: type ``GhostX`` -> ``X`` (GhostEDSR -> BasicSR's
+    EDSR), keeping the arguments the plain class accepts (the ghost ones, λ, d, shift mode, Gumbel, are dropped)."""
+    import inspect
+    from basicsr.utils.registry import ARCH_REGISTRY
+    ghost_type = network_opt.get('type', '')
+    plain_type = ghost_type.removeprefix('Ghost')
+    if plain_type == ghost_type or plain_type not in ARCH_REGISTRY:
+        raise ValueError(f'network type {ghost_type!r} has no registered plain twin; allowed: Ghost archs whose '
+                         'plain version is registered (GhostEDSR, GhostRDN, GhostCARN, GhostCARN_M)')
+    accepted = inspect.signature(ARCH_REGISTRY.get(plain_type)).parameters
+    return {'type': plain_type, **{k: v for k, v in network_opt.items() if k != 'type' and k in accepted}}
 
 
 # ---------------------------------------------------------------------------------------------------------------

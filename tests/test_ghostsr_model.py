@@ -111,3 +111,57 @@ def test_shift_logits_get_their_own_learning_rate(tiny_data, tmp_path):
     opt['ghost'] = {'shift_lr_mult': 0}
     with pytest.raises(ValueError, match='shift_lr_mult must be a positive number'):
         build_model(opt)
+
+
+def _distill_model(tiny_data, tmp_path, **distill):
+    """A GhostSRModel clustered from a random plain EDSR, distilling from it."""
+    from basicsr.archs.edsr_arch import EDSR
+    from basicsr.models import build_model
+    from conftest import train_options
+    torch.manual_seed(0)
+    plain_opt = {k: v for k, v in NET.items() if k != 'type'}
+    plain_path = str(tmp_path / 'plain.pth')
+    torch.save({'params': EDSR(**plain_opt).state_dict()}, plain_path)
+    opt = train_options('distill', dict(NET, shift_mode='copy'), tiny_data)
+    opt['ghost_init'] = {'pretrain_path': plain_path, 'init_offset': 'centre'}
+    opt['distill'] = distill
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(models=str(tmp_path), training_states=str(tmp_path), experiments_root=str(tmp_path))
+    return build_model(opt), plain_path
+
+
+def test_distill_adds_l1_to_the_frozen_plain_teacher(tiny_data, tmp_path):
+    """`distill:` builds the plain twin (EDSR for GhostEDSR) from ghost_init's checkpoint, frozen in eval mode, and
+    adds loss_weight * L1(net_g(lq), teacher(lq)) to the pixel loss; the teacher is never saved."""
+    model, plain_path = _distill_model(tiny_data, tmp_path, loss_weight=0.5)
+    assert type(model.teacher).__name__ == 'EDSR' and not model.teacher.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    teacher_state = model.teacher.state_dict()
+    for key, value in torch.load(plain_path, weights_only=True)['params'].items():
+        assert torch.equal(teacher_state[key], value)
+    torch.manual_seed(1)
+    lq, gt = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
+    model.feed_data({'lq': lq, 'gt': gt})
+    with torch.no_grad():
+        model.net_g.eval()
+        before = model.net_g(lq)  # copy ghosts: train and eval forwards are the same
+        model.net_g.train()
+        expected_distill = 0.5 * (before - model.teacher(lq)).abs().mean()
+        expected_pix = (before - gt).abs().mean()
+    model.optimize_parameters(1)
+    assert model.log_dict['l_distill'] == pytest.approx(expected_distill.item(), rel=1e-5)
+    assert model.log_dict['l_pix'] == pytest.approx(expected_pix.item(), rel=1e-5)
+    assert all(torch.equal(teacher_state[k], v) for k, v in model.teacher.state_dict().items())  # still frozen
+    model.save(epoch=0, current_iter=1)
+    saved = torch.load(tmp_path / 'net_g_1.pth', weights_only=True)['params']
+    assert set(saved) == set(model.net_g.state_dict())
+
+
+def test_distill_bad_options_are_named(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match='distill: loss_weight must be a positive number'):
+        _distill_model(tiny_data, tmp_path, loss_weight=0)
+    with pytest.raises(ValueError, match=r'distill: unknown option\(s\) weight; allowed: loss_weight'):
+        _distill_model(tiny_data, tmp_path, weight=1)
+    with pytest.raises(ValueError, match=r'does not fit EDSR: "conv_first.weight" has shape \(1,\)'):
+        torch.save({'params': {'conv_first.weight': torch.zeros(1)}}, tmp_path / 'bad.pth')
+        _distill_model(tiny_data, tmp_path, teacher_path=str(tmp_path / 'bad.pth'))

@@ -1,10 +1,14 @@
 import math
 import os
 import time
+from collections import OrderedDict
 
+import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from basicsr.archs import build_network
 from basicsr.data import build_dataset
+from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
@@ -15,6 +19,7 @@ from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_
 
 GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets', 'shift_lr_mult')
 GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'n_init', 'init_offset', 'offset_margin')
+DISTILL_KEYS = ('loss_weight', 'teacher_path', 'param_key', 'network')
 
 
 @MODEL_REGISTRY.register()
@@ -33,6 +38,10 @@ class GhostSRModel(SRModel):
     * ``ghost_init:`` (pretrain_path, param_key, seed, init_offset) clusters a pre-trained plain model into the
       Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume.
     * ``ghost: shift_lr_mult``: learning-rate multiplier of the shift logits W' (own optimizer group; default 1).
+    * ``distill:`` (loss_weight, teacher_path, param_key, network): fine-tune against the pre-trained plain model
+      as well: ``loss_weight * L1(net_g(lq), teacher(lq))`` is added to BasicSR's pixel/perceptual losses. The
+      teacher defaults to ``ghost_init``'s checkpoint in the plain twin of ``network_g``
+      (GhostEDSR -> EDSR, ...). Not in the paper; it speeds up recovery after the clustering init.
     * EMA copies the ghost buffers (channel maps) too; validation and the EMA net use hard offsets (eval mode).
     * Checkpoints and training states are written atomically; a checkpoint that does not fit the network gets an
       error naming the first key or shape that does not fit.
@@ -42,7 +51,9 @@ class GhostSRModel(SRModel):
     def __init__(self, opt):
         self.ghost_opt = _checked_block(opt, 'ghost', GHOST_OPTION_KEYS)
         self.ghost_init_opt = _checked_block(opt, 'ghost_init', GHOST_INIT_KEYS)
+        self.distill_opt = _checked_block(opt, 'distill', DISTILL_KEYS)
         self.iters_per_epoch = None
+        self.teacher = None
         super().__init__(opt)
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -60,6 +71,8 @@ class GhostSRModel(SRModel):
         self.iters_per_epoch = self._iters_per_epoch()
         if self.ghost_init_opt and not self.opt['path'].get('resume_state'):
             self._ghost_init(bare)
+        if self.distill_opt:
+            self.teacher = self._build_teacher()
         super().init_training_settings()
 
     def _iters_per_epoch(self):
@@ -77,6 +90,26 @@ class GhostSRModel(SRModel):
         iters = math.ceil(num_images * train_opt.get('dataset_enlarge_ratio', 1) / batch)
         get_root_logger().info(f'GhostSRModel: Gumbel epoch = {iters} iterations ({num_images} images, batch {batch}).')
         return max(iters, 1)
+
+    def _build_teacher(self):
+        """The frozen plain teacher of ``distill:`` (eval mode, no gradients, never saved)."""
+        from ghostsr_plugin.cluster import plain_twin_options
+        opt = self.distill_opt
+        weight = opt.get('loss_weight', 1.0)
+        if not isinstance(weight, (int, float)) or weight <= 0:
+            raise ValueError(f'distill: loss_weight must be a positive number, got {weight!r}')
+        path = opt.get('teacher_path') or self.ghost_init_opt.get('pretrain_path')
+        if not path:
+            raise ValueError('distill: teacher_path is required (or ghost_init: pretrain_path, its default)')
+        network_opt = opt.get('network') or plain_twin_options(self.opt['network_g'])
+        teacher = build_network(dict(network_opt))
+        param_key = opt.get('param_key', self.ghost_init_opt.get('param_key', 'params'))
+        state_dict = load_checkpoint(path, param_key)
+        check_state_dict_fits(teacher, state_dict, path)
+        teacher.load_state_dict(state_dict)
+        get_root_logger().info(f'GhostSRModel: distilling from {network_opt["type"]} {path} '
+                               f'(L1 to its output, weight {weight}).')
+        return teacher.to(self.device).eval().requires_grad_(False)
 
     def _ghost_init(self, bare):
         """§3.2 / Alg. 1 lines 1-3: cluster the pre-trained plain model into this Ghost network (every rank the same
@@ -120,9 +153,31 @@ class GhostSRModel(SRModel):
         schedule = getattr(self.get_bare_model(self.net_g), 'ghost_schedule', None)
         if schedule is not None:
             schedule.set_iteration(current_iter, self.iters_per_epoch)
-        super().optimize_parameters(current_iter)
+        if self.teacher is None:
+            super().optimize_parameters(current_iter)
+        else:
+            self._optimize_with_teacher()
         if schedule is not None:
             self.log_dict.update(self._schedule_log(schedule, current_iter))
+
+    def _optimize_with_teacher(self):
+        """SRModel's step with the distillation term ``l_distill`` added to the configured losses."""
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+        with torch.no_grad():
+            target = self.teacher(self.lq)
+        losses = OrderedDict()
+        losses['l_distill'] = self.distill_opt.get('loss_weight', 1.0) * (self.output - target).abs().mean()
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            losses.update({k: v for k, v in (('l_percep', l_percep), ('l_style', l_style)) if v is not None})
+        sum(losses.values()).backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(losses)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
 
     def _schedule_log(self, schedule, current_iter):
         state = schedule.state()
