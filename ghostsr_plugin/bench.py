@@ -1,6 +1,7 @@
 """Speed of the compiled ghost op and of GhostEDSR against EDSR, measured side by side in one run (issue 4).
 
     python -m ghostsr_plugin.bench speed [--device cpu|cuda] [--quick] [--threads N] [--json FILE]
+    python -m ghostsr_plugin.bench breakdown [--device cpu|cuda] [--layout NCHW|channels_last] [--threads N]
 
 Prints, with the device it ran on:
 
@@ -18,6 +19,9 @@ The two networks (or op and copy) of a comparison are timed alternately, repetit
 order, so that load changes on the machine hit both alike. Reported: median and best time of each, the ratio of
 the medians, the median of the per-repetition ratios and the ratio of the best times (on a shared machine, where
 other load only adds time, the steadiest). ``--quick`` runs few repetitions (a smoke test).
+
+``breakdown`` profiles the same two networks (torch.profiler, eval, the ``speed`` sizes) and prints, per network,
+the self time of each op and input shape per forward: where the time goes and what bounds the ratio.
 """
 import argparse
 import json
@@ -293,6 +297,43 @@ def speed(args):
             json.dump(RESULTS, file, indent=1)
 
 
+def breakdown(args):
+    """Per-op self time (ms per forward) of EDSR and GhostEDSR, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    device = torch.device(args.device)
+    if device.type == 'cpu':
+        torch.set_num_threads(args.threads)
+    cuda = device.type == 'cuda'
+    num_feat, num_block, res_scale, size = (256, 32, 0.1, 512) if cuda else (64, 16, 1.0, 128)
+    memory_format = torch.channels_last if args.layout == 'channels_last' else torch.contiguous_format
+    edsr, ghost = build_pair(device, num_feat, num_block, res_scale)
+    x = torch.rand(1, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    reps = 5
+    print(f'device: {device_name(device)}; 1x3x{size}x{size}, fp32 {args.layout}, eval; ms per forward')
+    for name, net in (('EDSR', edsr), ('GhostEDSR', ghost)):
+        net.eval().to(memory_format=memory_format)
+        with torch.inference_mode():
+            for _ in range(3):
+                net(x)
+            with profile(activities=activities, record_shapes=True) as prof:
+                for _ in range(reps):
+                    net(x)
+                if cuda:
+                    torch.cuda.synchronize()
+        rows = []
+        for event in prof.key_averages(group_by_input_shape=True):
+            self_us = event.self_device_time_total if cuda else event.self_cpu_time_total
+            if self_us > 0:
+                rows.append((self_us / reps / 1e3, event.count // reps, event.key, event.input_shapes[:2]))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        print(f'\n{name}: {total:.2f} ms of op self time per forward (under the profiler, which adds its own '
+              'overhead per op: read the shares; `speed` measures the wall-clock ratio)')
+        for ms, calls, key, shapes in rows[:args.rows]:
+            print(f'{ms:9.2f} {100 * ms / total:5.1f}% {calls:4d}x  {key:<28} {shapes}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.bench', description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
@@ -301,9 +342,17 @@ def main(argv=None):
     speed_parser.add_argument('--quick', action='store_true', help='few repetitions (smoke test)')
     speed_parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
     speed_parser.add_argument('--json', help='also write the numbers to this JSON file')
+    breakdown_parser = commands.add_parser('breakdown', help='per-op time of EDSR and GhostEDSR (torch.profiler)')
+    breakdown_parser.add_argument('--device', choices=('cpu', 'cuda'),
+                                  default='cuda' if torch.cuda.is_available() else 'cpu')
+    breakdown_parser.add_argument('--layout', choices=('NCHW', 'channels_last'), default='channels_last')
+    breakdown_parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
+    breakdown_parser.add_argument('--rows', type=int, default=8, help='ops listed per network (default 8)')
     args = parser.parse_args(argv)
     if args.command == 'speed':
         speed(args)
+    else:
+        breakdown(args)
 
 
 if __name__ == '__main__':

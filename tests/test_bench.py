@@ -1,0 +1,29 @@
+"""The benchmark runs end to end on the CPU (a smoke test: timings are not asserted, only that every comparison
+of issue 4 is measured and reported with its device)."""
+import json
+
+from ghostsr_plugin import bench
+
+
+def test_speed_quick_reports_every_cpu_comparison(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    bench.RESULTS.clear()
+    bench.main(['speed', '--device', 'cpu', '--quick', '--threads', '1', '--json', str(out)])
+    records = json.loads(out.read_text())
+    assert records[0]['what'] == 'device' and records[0]['backend'] == 'cpp'
+    ops = [r for r in records if r['what'] == 'op']
+    assert {r['layout'] for r in ops} == {'NCHW', 'channels_last'}
+    assert all(r['op_GBps'] > 0 and r['copy_GBps'] > 0 for r in ops)
+    nets = [r for r in records if r['what'] == 'net']
+    assert [r['mode'] for r in nets] == ['fp32 NCHW eager, GhostEDSR', 'fp32 channels_last eager, GhostEDSR']
+    assert all(r['ratio'] == r['ghost_ms'] / r['edsr_ms'] for r in nets)
+    fastest = [r for r in records if r['what'] == 'fastest']
+    assert len(fastest) == 1 and fastest[0]['ratio'] > 0
+    assert 'fastest ghost / fastest EDSR' in capsys.readouterr().out
+
+
+def test_breakdown_lists_the_ops_of_both_networks(capsys):
+    bench.main(['breakdown', '--device', 'cpu', '--threads', '1', '--rows', '3', '--layout', 'NCHW'])
+    text = capsys.readouterr().out
+    assert 'EDSR:' in text and 'GhostEDSR:' in text
+    assert '[32, 64, 3, 3]' in text  # the intrinsic conv: 32 of GhostEDSR's 64 filters
