@@ -1,6 +1,6 @@
 """Issue 3, item 4: GhostCARN_M x2 from the real pre-trained CARN_M, on this machine's CPU (Table 3 of the paper, small).
 
-    python tools/ghost_init_experiment.py [--data ../shared/data] [--skip-train]
+    python tools/ghost_init_experiment.py [--data ../shared/data] [--skip-train] [--iters N] [--workers W]
 
 Reports Y-PSNR/SSIM on Set5, Set14 and B100 (crop_border = 2) of
   (i)   the converted CARN_M (x2 head of the authors' multi-scale checkpoint);
@@ -9,7 +9,10 @@ Reports Y-PSNR/SSIM on Set5, Set14 and B100 (crop_border = 2) of
   (iv)  GhostCARN_M trained from scratch, same budget           options/ghostinit_GhostCARN_M_x2_scratch.yml
   (v)   (iii) with "copy" ghosts instead of shifts              options/ghostinit_GhostCARN_M_x2_copy.yml
 Each training run goes through ``python -m ghostsr_plugin.train`` (BasicSR's pipeline); the option files hold the
-budget. Writes ``docs/results/ghost_init_x2.{json,md}``.
+budget (600 iterations: ~55 minutes on this project's 2-core CPU machines). ``--iters N`` (and ``--workers W`` data
+loader processes) runs the same recipe with another budget, e.g. on a GPU: the option files are then copied to
+``experiments/ghost_init_options/`` with ``total_iter``, the cosine period, the Gumbel epoch and the validation /
+checkpoint / print frequencies scaled to N. Writes ``docs/results/ghost_init_x2.{json,md}`` (with the budget used).
 """
 import argparse
 import json
@@ -17,6 +20,8 @@ import os
 import subprocess
 import sys
 import time
+
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -38,11 +43,44 @@ RUNS = {
 }
 
 
+def budgeted_options(name, iters, workers):
+    """The option file of run ``name``, or a copy under experiments/ with ``iters`` iterations / ``workers``."""
+    path = os.path.join('options', f'{name}.yml')
+    with open(path) as file:
+        opt = yaml.safe_load(file)
+    train, loader = opt['train'], opt['datasets']['train']
+    if iters is None and workers is None:
+        return path, {'total_iter': train['total_iter'], 'num_worker_per_gpu': loader['num_worker_per_gpu']}
+    if iters is not None:
+        ratio = iters / train['total_iter']
+        train['total_iter'] = iters
+        train['scheduler']['periods'] = [iters]
+        opt['val']['val_freq'] = max(1, round(opt['val']['val_freq'] * ratio))
+        opt['logger']['print_freq'] = max(1, round(opt['logger']['print_freq'] * ratio))
+        opt['logger']['save_checkpoint_freq'] = max(1, round(opt['logger']['save_checkpoint_freq'] * ratio))
+        opt['ghost']['iters_per_epoch'] = max(1, round(opt['ghost']['iters_per_epoch'] * ratio))  # same schedule shape
+    if workers is not None:
+        loader['num_worker_per_gpu'] = workers
+    os.makedirs(os.path.join('experiments', 'ghost_init_options'), exist_ok=True)
+    copy = os.path.join('experiments', 'ghost_init_options', f'{name}.yml')
+    with open(copy, 'w') as file:
+        yaml.safe_dump(opt, file, sort_keys=False)
+    return copy, {'total_iter': train['total_iter'], 'num_worker_per_gpu': loader['num_worker_per_gpu']}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data'))
     parser.add_argument('--skip-train', action='store_true', help='evaluate the runs already in experiments/')
+    parser.add_argument('--iters', type=int, default=None, help='training iterations per run (default: the option '
+                        "files' 600)")
+    parser.add_argument('--workers', type=int, default=None, help='data loader processes per run (default: the '
+                        "option files' 1)")
     args = parser.parse_args()
+    if args.iters is not None and args.iters < 1:
+        parser.error(f'--iters must be >= 1, got {args.iters}')
+    if args.workers is not None and args.workers < 0:
+        parser.error(f'--workers must be >= 0, got {args.workers}')
     os.chdir(ROOT)
     data = os.path.abspath(args.data)
 
@@ -53,12 +91,13 @@ def main():
                                           'CARN_M', scale=SCALE)
     atomic_torch_save({'params': plain_state}, os.path.join('experiments', 'pretrained', f'CARN_M_x{SCALE}.pth'))
 
-    minutes = {}
+    minutes, budget = {}, None
     for label, name in RUNS.items():
         if args.skip_train:
             continue
+        opt_path, budget = budgeted_options(name, args.iters, args.workers)
         start = time.time()
-        proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', f'options/{name}.yml'])
+        proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', opt_path])
         if proc.returncode != 0:
             sys.exit(f'{name}: training failed (exit {proc.returncode})')
         minutes[label] = round((time.time() - start) / 60, 1)
@@ -76,7 +115,7 @@ def main():
     results = []
     for label, net in rows:
         scores = bicubic_scores(data, SETS, SCALE) if net is None else net_scores(net, data, SETS, SCALE)
-        results.append({'model': label, 'train_minutes': minutes.get(label), **scores})
+        results.append({'model': label, 'train_minutes': minutes.get(label), 'train_budget': budget, **scores})
         print(label, {s: round(scores[s]['psnr'], 2) for s in SETS}, flush=True)
     lines = ['| model | ' + ' | '.join(f'{s} PSNR / SSIM' for s in SETS) + ' | train time (min) |',
              '|---|' + '---|' * (len(SETS) + 1)]

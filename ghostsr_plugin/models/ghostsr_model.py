@@ -8,7 +8,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
-from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
