@@ -13,6 +13,9 @@ Steps (every one through the plugin's public pieces, training through BasicSR's 
 4. print a Y-PSNR/SSIM table on Set5 and Set14 (crop_border = scale, as the paper): bicubic, CARN_M, GhostCARN_M
    right after clustering, GhostCARN_M after the fine-tune; also written to ``<work>/results.json``.
 
+The fine-tune is the recipe of ``tools/ghost_init_experiment.py`` (Adam lr 5e-4 with cosine decay, the ground truth
+plus the CARN_M's own output as targets, offsets starting at "no move") with the paper's Gumbel schedule.
+
 Data layout expected under ``--data`` (``../shared/data`` in this project)::
 
     train/T91/*.bmp, train/BSD200/*.png                 HR training images
@@ -59,8 +62,9 @@ def ghost_network(scale):
     return {'type': 'GhostCARN_M', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'upscale': scale}
 
 
-def time_per_iteration(scale):
-    """Seconds of one training step (batch 16 of 48x48 LR) of GhostCARN_M here, from two timed steps."""
+def time_per_iteration(scale, teacher):
+    """Seconds of one training step (batch 16 of 48x48 LR, with the teacher's forward) of GhostCARN_M here, from two
+    timed steps."""
     net = build_network(ghost_network(scale))
     net.ghost_schedule.set_iteration(1)
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
@@ -69,7 +73,10 @@ def time_per_iteration(scale):
     for _ in range(3):
         start = time.perf_counter()
         optimizer.zero_grad()
-        (net(lq) - gt).abs().mean().backward()
+        with torch.no_grad():
+            target = teacher(lq)
+        out = net(lq)
+        ((out - gt).abs().mean() + (out - target).abs().mean()).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
     return min(times[1:])
@@ -104,12 +111,14 @@ def train_options(name, scale, train_data, data, pretrained, total_iter):
                     'filename_tmpl': f'{{}}x{scale}', 'io_backend': {'type': 'disk'}},
         },
         'network_g': ghost_network(scale),
-        'ghost_init': {'pretrain_path': pretrained, 'param_key': 'params', 'seed': 0, 'init_offset': 'centre'},
+        'ghost_init': {'pretrain_path': pretrained, 'param_key': 'params', 'seed': 0, 'init_offset': 'centre',
+                       'offset_margin': 3.0},
         'ghost': {'iters_per_epoch': None, 'log_offsets': True},
+        'distill': {'loss_weight': 1.0},  # the CARN_M as teacher too (see README, "GhostCARN_M from the real ...")
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {
             'ema_decay': 0,
-            'optim_g': {'type': 'Adam', 'lr': 1e-4, 'betas': [0.9, 0.999], 'eps': 1e-8},
+            'optim_g': {'type': 'Adam', 'lr': 5e-4, 'betas': [0.9, 0.999], 'eps': 1e-8},
             'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
                           'eta_min': 1e-7},
             'total_iter': total_iter,
@@ -187,7 +196,7 @@ def main(argv=None):
     cluster_init(clustered, plain_state, seed=0, init_offset='centre', progress=False)  # as ghost_init below
 
     if args.iters is None:
-        seconds = time_per_iteration(scale)
+        seconds = time_per_iteration(scale, plain.eval())
         total_iter = int(max(20, min(5000, args.minutes * 60 / seconds)))
         print(f'   one training step takes {seconds:.2f} s here: {total_iter} iterations fit {args.minutes} min',
               flush=True)
