@@ -118,3 +118,27 @@ def test_logits_start_unbiased():
     assert max(float(layer.shift_logits.detach().abs().max()) for layer in layers) < 0.01
     counts = torch.bincount(torch.tensor([int(layer.shift_logits.detach().argmax()) for layer in layers]), minlength=9)
     assert counts.min() > 10 and counts[centre_offset(1)] < 100
+
+
+@pytest.mark.parametrize('backend', ['auto', 'reference'])
+def test_fused_relu_equals_conv_then_relu(backend, monkeypatch):
+    """``relu=True`` (used by CARN, CARN_M and RDN for their conv+ReLU pairs) gives exactly relu(Y), forward and
+    backward, and ``GhostOptions.conv_relu`` keeps the plain ``Sequential(conv, ReLU)`` state-dict names."""
+    from torch import nn
+    from ghostsr_plugin.ops.ghost_conv import GhostOptions
+    monkeypatch.setenv('GHOSTSR_BACKEND', backend)
+    torch.manual_seed(0)
+    fused = GhostConv2d(6, 8, groups=2, shift_mode='fixed', offset=(1, -1), relu=True)
+    plain = GhostConv2d(6, 8, groups=2, shift_mode='fixed', offset=(1, -1))
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 6, 7, 5, requires_grad=True)
+    out = fused(x)
+    assert torch.equal(out, torch.relu(plain(x)))
+    grad = torch.randn_like(out)
+    (g_fused, ) = torch.autograd.grad(out, x, grad)
+    (g_plain, ) = torch.autograd.grad(torch.relu(plain(x)), x, grad)
+    assert torch.equal(g_fused, g_plain)
+    ghosted = nn.Sequential(*GhostOptions().conv_relu(6, 8), nn.Conv2d(8, 4, 1))
+    twin = nn.Sequential(nn.Conv2d(6, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    assert [k for k in ghosted.state_dict() if not k.startswith('0.shift') and k != '0.ghost_index'] == \
+        list(twin.state_dict())

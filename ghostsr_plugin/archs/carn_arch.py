@@ -18,6 +18,13 @@ def conv3x3(in_ch, out_ch, groups=1, ghost=None, name=''):
     return ghost.conv(in_ch, out_ch, 3, groups=groups, name=name)
 
 
+def conv3x3_relu(in_ch, out_ch, groups=1, ghost=None, name=''):
+    """``[3x3 conv, ReLU]``; ghosted, the ReLU runs inside the ghost op and an Identity keeps its place."""
+    if ghost is None:
+        return [nn.Conv2d(in_ch, out_ch, 3, 1, 1, groups=groups), nn.ReLU(inplace=True)]
+    return ghost.conv_relu(in_ch, out_ch, 3, groups=groups, name=name)
+
+
 class MeanShift(nn.Module):
     """Adds ``sign * mean`` per channel with a frozen 1x1 conv (``shifter``), as the authors' checkpoints store it."""
 
@@ -50,9 +57,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, num_feat, ghost=None, name=''):
         super().__init__()
-        self.body = nn.Sequential(
-            conv3x3(num_feat, num_feat, ghost=ghost, name=f'{name}.body.0'), nn.ReLU(inplace=True),
-            conv3x3(num_feat, num_feat, ghost=ghost, name=f'{name}.body.2'))
+        self.body = nn.Sequential(*conv3x3_relu(num_feat, num_feat, ghost=ghost, name=f'{name}.body.0'),
+                                  conv3x3(num_feat, num_feat, ghost=ghost, name=f'{name}.body.2'))
 
     def forward(self, x):
         return F.relu(self.body(x) + x)
@@ -63,10 +69,9 @@ class EfficientResidualBlock(nn.Module):
 
     def __init__(self, num_feat, group, ghost=None, name=''):
         super().__init__()
-        self.body = nn.Sequential(
-            conv3x3(num_feat, num_feat, group, ghost, f'{name}.body.0'), nn.ReLU(inplace=True),
-            conv3x3(num_feat, num_feat, group, ghost, f'{name}.body.2'), nn.ReLU(inplace=True),
-            nn.Conv2d(num_feat, num_feat, 1))
+        self.body = nn.Sequential(*conv3x3_relu(num_feat, num_feat, group, ghost, f'{name}.body.0'),
+                                  *conv3x3_relu(num_feat, num_feat, group, ghost, f'{name}.body.2'),
+                                  nn.Conv2d(num_feat, num_feat, 1))
 
     def forward(self, x):
         return F.relu(self.body(x) + x)

@@ -19,7 +19,10 @@ class DenseLayer(nn.Module):
 
     def __init__(self, in_ch, num_grow_ch, ghost=None, name=''):
         super().__init__()
-        self.conv = nn.Sequential(conv3x3(in_ch, num_grow_ch, ghost, f'{name}.conv.0'), nn.ReLU(inplace=True))
+        if ghost is None:
+            self.conv = nn.Sequential(nn.Conv2d(in_ch, num_grow_ch, 3, 1, 1), nn.ReLU(inplace=True))
+        else:  # the ReLU runs inside the ghost op (conv.1 is an Identity)
+            self.conv = nn.Sequential(*ghost.conv_relu(in_ch, num_grow_ch, 3, name=f'{name}.conv.0'))
 
     def forward(self, x):
         return torch.cat((x, self.conv(x)), 1)

@@ -51,6 +51,8 @@ class GhostConv2d(nn.Conv2d):
         offset (tuple[int, int]): (dy, dx) of 'fixed' mode, ``G[y, x] = I[y+dy, x+dx]``.
             Default (0, -1): content moves one pixel to the right, the example of §3.1.
         name (str): layer name used in error messages.
+        relu (bool): the layer is followed by a ReLU, applied inside the ghost op's pass (the value of ``relu(Y)``;
+            the architecture then puts ``nn.Identity`` where its ReLU module was). Default False.
     """
 
     def __init__(self,
@@ -65,7 +67,8 @@ class GhostConv2d(nn.Conv2d):
                  d=1,
                  shift_mode='learnable',
                  offset=(0, -1),
-                 name=''):
+                 name='',
+                 relu=False):
         check_ghost_options(ratio, d, shift_mode, where=name or 'GhostConv2d')
         num_intrinsic = num_intrinsic_channels(out_channels, ratio, groups)
         if not 0 < num_intrinsic < out_channels:
@@ -80,6 +83,7 @@ class GhostConv2d(nn.Conv2d):
         self.d = d
         self.shift_mode = shift_mode
         self.name = name
+        self.fused_relu = bool(relu)
         self.register_buffer('ghost_index', torch.empty(out_channels, dtype=torch.long))
         if shift_mode == 'learnable':
             # W' of Eq. 3-4. Zero except a small random tie-break, so no direction is favoured at the start.
@@ -118,16 +122,18 @@ class GhostConv2d(nn.Conv2d):
             return int(probs.argmax()), probs
         return int(self.shift_logits.argmax()), None
 
-    def forward(self, x, residual=None, scale=1.0, relu=False):
+    def forward(self, x, residual=None, scale=1.0, relu=None):
         """Ghost layer output ``Y = [I, G]``; optionally ``residual + scale * relu?(Y)`` fused into the same pass
-        (the same value as applying those ops one after another; it saves passes over the features)."""
+        (the same value as applying those ops one after another; it saves passes over the features). ``relu=None``
+        uses the layer's own ``fused_relu``."""
         intrinsic = super().forward(x)
         offset, probs = self.current_offset()
+        relu = self.fused_relu if relu is None else relu
         return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs, residual=residual, scale=scale, relu=relu)
 
     def extra_repr(self):
         return (f'{super().extra_repr()}, full_out_channels={self.full_out_channels}, ratio={self.ratio}, '
-                f'd={self.d}, shift_mode={self.shift_mode}')
+                f'd={self.d}, shift_mode={self.shift_mode}' + (', relu=True' if self.fused_relu else ''))
 
 
 def ghost_layers(net):
@@ -207,7 +213,7 @@ class GhostOptions:
         if shift_mode == 'fixed':
             shift_to_offset(*self.offset, ghost_d)  # raises if outside the window
 
-    def conv(self, in_channels, out_channels, kernel_size=3, groups=1, bias=True, name=''):
+    def conv(self, in_channels, out_channels, kernel_size=3, groups=1, bias=True, name='', relu=False):
         return GhostConv2d(
             in_channels,
             out_channels,
@@ -218,4 +224,10 @@ class GhostOptions:
             d=self.d,
             shift_mode=self.shift_mode,
             offset=self.offset,
-            name=name)
+            name=name,
+            relu=relu)
+
+    def conv_relu(self, in_channels, out_channels, kernel_size=3, groups=1, name=''):
+        """``[conv, ReLU]`` for a ``nn.Sequential``, the ReLU fused into the ghost op (an ``nn.Identity`` keeps its
+        place, so state-dict names stay those of the plain twin's ``Sequential(conv, ReLU)``)."""
+        return [self.conv(in_channels, out_channels, kernel_size, groups, name=name, relu=True), nn.Identity()]
