@@ -498,6 +498,40 @@ def test_torch_export():
 
 
 @requires_ext
+@pytest.mark.parametrize('mode', ['decompose', 'op', None])
+def test_torch_compile_traces_plain_ops_unless_told(mode, monkeypatch):
+    """Under torch.compile the ghost op is traced as the reference's plain ops (Inductor can fuse them), or kept as
+    the compiled op with GHOSTSR_COMPILE=op; either way one graph, with values equal to eager."""
+    if mode is not None:
+        monkeypatch.setenv('GHOSTSR_COMPILE', mode)
+    index = maps(4)['random']
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    def fn(x):
+        return backend.ghost_shift(x, index, 7, 1, relu=True)
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 4, 6, 7)
+    assert torch.equal(torch.compile(fn, backend=record, fullgraph=True)(x), fn(x))
+    assert len(graphs) == 1
+    code = graphs[0].code
+    if mode == 'op':
+        assert 'ghostsr.ghost_shift' in code
+    else:
+        assert 'ghostsr' not in code and 'index_select' in code
+
+
+def test_bad_compile_mode_is_named(monkeypatch):
+    monkeypatch.setenv('GHOSTSR_COMPILE', 'fused')
+    with pytest.raises(ValueError, match="GHOSTSR_COMPILE must be one of decompose, op, got 'fused'"):
+        backend.ghost_shift(torch.ones(1, 4, 3, 3), default_index(8, 4), 4, 1)
+
+
+@requires_ext
 def test_torch_compile_runs():
     """One tiny case (CPU Inductor compiles in ~15 s): fullgraph, forward equal, gradients equal to eager."""
     index = maps(4)['random']

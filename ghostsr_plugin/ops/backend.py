@@ -20,6 +20,11 @@ and named by the C++ library (``set_python_module``), so the registrations exist
 Without the extension (not built, or ``GHOSTSR_NO_EXT=1`` at build time) or on a device it has no kernel for, the
 reference of :mod:`ghostsr_plugin.ops.shift` runs and one warning says so. ``GHOSTSR_BACKEND=reference`` forces
 the reference (for comparisons); ``GHOSTSR_BACKEND=auto`` (or unset) picks the compiled op where it can.
+
+Under ``torch.compile`` (not ``torch.export``) the op is traced as the reference's plain ops by default, so that
+Inductor fuses the move into its neighbours (the ReLU, the residual add, the next kernel's loads) as it does for
+any plain-op shift; ``GHOSTSR_COMPILE=op`` keeps the compiled op in the graph as one call instead. ``torch.export``
+always keeps the op.
 """
 import os
 import warnings
@@ -31,6 +36,7 @@ from ghostsr_plugin.ops.shift import check_ghost_inputs, ghost_shift_reference, 
 __all__ = ['backend_name', 'ghost_shift', 'compiled_available']
 
 _BACKEND_CHOICES = ('auto', 'reference')
+_COMPILE_CHOICES = ('decompose', 'op')
 _compiled = None  # the loaded extension module, False when unavailable, None before the first look
 _load_error = None
 _warned = set()  # fallback reasons already warned about (one warning each)
@@ -60,6 +66,15 @@ def _choice():
     if choice not in _BACKEND_CHOICES:
         raise ValueError(f'GHOSTSR_BACKEND must be one of {", ".join(_BACKEND_CHOICES)}, got {choice!r}')
     return choice
+
+
+def _decompose_for_inductor():
+    """True while torch.compile (not torch.export) traces and ``GHOSTSR_COMPILE`` is 'decompose' (the default).
+    The variable is checked on every call, so a bad value fails in eager mode too."""
+    mode = os.environ.get('GHOSTSR_COMPILE', 'decompose') or 'decompose'
+    if mode not in _COMPILE_CHOICES:
+        raise ValueError(f'GHOSTSR_COMPILE must be one of {", ".join(_COMPILE_CHOICES)}, got {mode!r}')
+    return mode == 'decompose' and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
 
 def backend_name(device='cpu'):
@@ -105,8 +120,8 @@ def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=
     epilogue = relu or residual is not None or scale != 1.0
     if epilogue:
         _check_residual(residual, x, index)
-    if _choice() == 'reference' or backend_name(x.device) == 'reference':
-        if _choice() != 'reference':
+    if _choice() == 'reference' or _decompose_for_inductor() or backend_name(x.device) == 'reference':
+        if _choice() != 'reference' and not torch.compiler.is_compiling():
             _warn_fallback(x.device)
         out = ghost_shift_reference(x, index, offset, d, probs)
         return _reference_epilogue(out, residual, scale, relu) if epilogue else out

@@ -83,7 +83,9 @@ def check_ghost_inputs(x, index, offset, d, probs=None):
     num_in = x.shape[1]
     # Value range is checked on the CPU only: on a GPU it would cost a device sync per layer; there the
     # layers validate their map once when it is set (GhostConv2d.set_index) and index_select bounds-checks.
-    if index.device.type == 'cpu' and index.numel() and (int(index.min()) < 0 or int(index.max()) >= 2 * num_in):
+    # Under torch.compile the check would break the graph; index_select bounds-checks there.
+    if (index.device.type == 'cpu' and index.numel() and not torch.compiler.is_compiling()
+            and (int(index.min()) < 0 or int(index.max()) >= 2 * num_in)):
         raise ValueError(f'channel map values must lie in [0, {2 * num_in - 1}] (2 x {num_in} intrinsic channels), '
                          f'got range [{int(index.min())}, {int(index.max())}]')
     if probs is not None:
