@@ -305,17 +305,10 @@ at::Tensor ghost_shift_cpu(const at::Tensor& x_in, const at::Tensor& index, int6
                            const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual_in,
                            double scale, bool relu) {
   check_forward_args(x_in, index, offset, d, probs);
-  const bool cl = is_channels_last(x_in);
-  const at::Tensor x = in_layout(x_in, cl);
-  const int64_t N = x.size(0), n = x.size(1), H = x.size(2), W = x.size(3), c_out = index.size(0);
+  const int64_t c_out = index.size(0);
+  const auto [cl, x, residual, out] = forward_tensors(x_in, c_out, residual_in);
+  const int64_t N = x.size(0), n = x.size(1), H = x.size(2), W = x.size(3);
   const std::vector<int64_t> map = read_index(index, n);
-  at::Tensor residual;
-  if (residual_in.has_value()) {
-    check_residual(*residual_in, x, c_out);
-    residual = in_layout(*residual_in, cl);
-  }
-  at::Tensor out = at::empty({N, c_out, H, W},
-                             x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const auto [dy, dx] = offset_to_shift(offset, d);
   const bool epilogue = relu || residual.defined() || scale != 1.0;

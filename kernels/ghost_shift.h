@@ -100,6 +100,27 @@ inline void check_residual(const at::Tensor& residual, const at::Tensor& x, int6
               " but the features are on ", x.device());
 }
 
+// A forward's inputs in the layout its kernels process (x decides; a residual follows it) and its output allocated
+// in that layout, [N, c_out, H, W]. Call after check_forward_args.
+struct ForwardTensors {
+  bool channels_last;
+  at::Tensor x, residual, out;  // residual undefined when none is given
+};
+
+inline ForwardTensors forward_tensors(const at::Tensor& x_in, int64_t c_out,
+                                      const std::optional<at::Tensor>& residual_in) {
+  ForwardTensors t;
+  t.channels_last = is_channels_last(x_in);
+  t.x = in_layout(x_in, t.channels_last);
+  if (residual_in.has_value()) {
+    check_residual(*residual_in, t.x, c_out);
+    t.residual = in_layout(*residual_in, t.channels_last);
+  }
+  const auto format = t.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  t.out = at::empty({t.x.size(0), c_out, t.x.size(2), t.x.size(3)}, t.x.options().memory_format(format));
+  return t;
+}
+
 inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& index, int64_t offset, int64_t d,
                                 int64_t num_in) {
   check_features(grad_out, "output gradient");

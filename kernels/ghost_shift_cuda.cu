@@ -409,16 +409,10 @@ at::Tensor ghost_shift_cuda(const at::Tensor& x_in, const at::Tensor& index_in, 
                             double scale, bool relu) {
   check_forward_args(x_in, index_in, offset, d, probs);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const bool cl = is_channels_last(x_in);
-  const at::Tensor x = in_layout(x_in, cl), index = index_in.contiguous();
-  const int64_t N = x.size(0), n = x.size(1), H = x.size(2), W = x.size(3), c_out = index.size(0);
-  at::Tensor residual;
-  if (residual_in.has_value()) {
-    check_residual(*residual_in, x, c_out);
-    residual = in_layout(*residual_in, cl);
-  }
-  at::Tensor out = at::empty({N, c_out, H, W},
-                             x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const at::Tensor index = index_in.contiguous();
+  const int64_t c_out = index.size(0);
+  const auto [cl, x, residual, out] = forward_tensors(x_in, c_out, residual_in);
+  const int64_t N = x.size(0), n = x.size(1), H = x.size(2), W = x.size(3);
   if (out.numel() == 0) return out;
   const auto [dy, dx] = offset_to_shift(offset, d);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
