@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 3 and 4, run ON a lent H100/H200 (the device tool), from the repo root:
+#
+#   here, once:   python tools/gpu_pack.py                 (fills .gpu/: wheels + data subset, git-ignored)
+#   device run:   bash tools/gpu_check.sh kernels          carry [".gpu"], timeout_s ~420
+#                 bash tools/gpu_check.sh experiment [N]   carry [".gpu"], timeout_s ~560 (N iterations per run)
+#   here, after:  python tools/ghost_init_experiment.py --checkpoints <files_at> --results ghost_init_x2_gpu
+#
+# kernels:    builds the CPU + CUDA extension for the device's torch (sm_90), runs the kernel tests (the CUDA ones
+#             included: they must not be skipped there) and `python -m ghostsr_plugin.bench speed --device cuda`.
+# experiment: the issue-3 fine-tunes of tools/ghost_init_experiment.py with N iterations per run (default 2000) and
+#             8 data loader processes, training only; the three checkpoints and their times come back in $OUT.
+# Everything printed is also written to $OUT (the device tool brings it back). Each step has its own time limit
+# so that one slow step cannot use the whole call. A dry run on a machine without a GPU (the training then runs on its
+# CPU): PYTHON=.venv/bin/python GHOSTSR_CUDA=0 OUT=/tmp/out bash tools/gpu_check.sh experiment 2
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PHASE="${1:-}"
+OUT="${OUT:-/tmp/gpu_check_out}"
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check_$PHASE.log") 2>&1
+
+case "$PHASE" in
+  kernels | experiment) ;;
+  *) echo "usage: bash tools/gpu_check.sh kernels | experiment [ITERS]  (got '$PHASE')"; exit 2 ;;
+esac
+[ -d .gpu ] || { echo ".gpu/ is missing: run python tools/gpu_pack.py here and name .gpu in the run's carry"; exit 2; }
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, report its time and status
+  local name="$1" limit="$2" start=$SECONDS rc
+  shift 2
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" "$@"
+  rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - start)) s"
+  return $rc
+}
+
+# Packages the device image lacks (basicsr, lmdb), as carried wheels; the project itself runs from the tree.
+if ! "$PYTHON" -c 'import basicsr, lmdb' 2>/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The option files read ../shared/data: point it at the packed subset.
+if [ ! -e ../shared/data ]; then
+  mkdir -p ../shared && ln -s "$PWD/.gpu/data" ../shared/data
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "GPU", torch.cuda.is_available())'
+
+NVCC="$(command -v nvcc || true)"
+export CUDA_HOME="${CUDA_HOME:-${NVCC:+$(dirname "$(dirname "$NVCC")")}}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
+step "build (CPU + CUDA kernels)" 300 env GHOSTSR_CUDA="${GHOSTSR_CUDA:-1}" "$PYTHON" setup.py -q build_ext --inplace || exit 1
+"$PYTHON" -c 'from ghostsr_plugin.ops import backend; print("backend: cpu", backend.backend_name("cpu"), "/ cuda", backend.backend_name("cuda"))'
+
+if [ "$PHASE" = kernels ]; then
+  step "kernel tests" 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_backend.py tests/test_shift.py \
+    tests/test_ghost_conv.py
+  step "bench speed (cuda)" 420 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --json "$OUT/bench_cuda.json"
+  exit 0
+fi
+
+ITERS="${2:-2000}"
+step "issue 3 fine-tunes, $ITERS iterations per run" 500 \
+  "$PYTHON" tools/ghost_init_experiment.py --train-only --iters "$ITERS" --workers 8 || exit 1
+cp experiments/ghost_init_train.json "$OUT/"
+for run in finetune scratch copy; do
+  name="ghostinit_GhostCARN_M_x2_$run"
+  cp "experiments/$name/models/net_g_latest.pth" "$OUT/$name.pth"
+  tail -n 40 experiments/"$name"/train_"$name"_*.log >> "$OUT/train_logs.txt"
+done
