@@ -54,7 +54,12 @@ NVCC="$(command -v nvcc || true)"
 export CUDA_HOME="${CUDA_HOME:-${NVCC:+$(dirname "$(dirname "$NVCC")")}}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
 step "build (CPU + CUDA kernels)" 300 env GHOSTSR_CUDA="${GHOSTSR_CUDA:-1}" "$PYTHON" setup.py -q build_ext --inplace || exit 1
-"$PYTHON" -c 'from ghostsr_plugin.ops import backend; print("backend: cpu", backend.backend_name("cpu"), "/ cuda", backend.backend_name("cuda"))'
+"$PYTHON" -c '
+import sys, torch
+from ghostsr_plugin.ops import backend
+print("backend: cpu", backend.backend_name("cpu"), "/ cuda", backend.backend_name("cuda"))
+if torch.cuda.is_available() and backend.backend_name("cuda") != "cuda":
+    sys.exit("a GPU is there but the CUDA kernels are not in the build: the checks would test the reference")' || exit 1
 
 if [ "$PHASE" = kernels ]; then
   step "kernel tests" 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_backend.py tests/test_shift.py \

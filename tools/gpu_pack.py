@@ -27,12 +27,13 @@ IMAGE_EXTENSIONS = ('.png', '.bmp')
 
 
 def webp_lossless(src, dst):
-    """Re-encode ``src`` as lossless WebP at ``dst``; raises if the decoded pixels differ from the source's."""
-    image = cv2.imread(src, cv2.IMREAD_UNCHANGED)
+    """Re-encode ``src`` as lossless WebP at ``dst``; raises if the decoded pixels differ from the source's. Both are
+    read as 3-channel colour images, as prepare_data and BasicSR's datasets read them."""
+    image = cv2.imread(src, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f'{src}: not a readable image')
     ok, data = cv2.imencode('.webp', image, [cv2.IMWRITE_WEBP_QUALITY, 101])  # quality > 100: lossless
-    back = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else None
+    back = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
     if back is None or back.shape != image.shape or not np.array_equal(back, image):
         raise ValueError(f'{src}: lossless WebP did not reproduce the image exactly')
     with open(dst, 'wb') as file:
