@@ -207,7 +207,7 @@ def _set_tf32(enabled):
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def bench_nets_cuda(device, quick, size=512, num_feat=256, num_block=32):
+def bench_nets_cuda(device, quick, compile_modes='both', size=512, num_feat=256, num_block=32):
     reps, warmup = (3, 2) if quick else (15, 5)
     timer = Timer(device)
     torch.backends.cudnn.benchmark = True
@@ -225,23 +225,27 @@ def bench_nets_cuda(device, quick, size=512, num_feat=256, num_block=32):
         best['ghost'].append((ghost_ms, mode))
 
     x32 = torch.rand(1, 3, size, size, device=device)
+    eager, compiled = compile_modes != 'only', compile_modes != 'skip'
     with torch.inference_mode():
         for mode, tf32 in (('fp32 NCHW TF32 off, eager', False), ('fp32 NCHW TF32 on, eager', True)):
-            _set_tf32(tf32)
-            run(mode, edsr, ghost, x32)
+            if eager:
+                _set_tf32(tf32)
+                run(mode, edsr, ghost, x32)
     _set_tf32(False)
     edsr.half().to(memory_format=torch.channels_last)
     ghost.half().to(memory_format=torch.channels_last)
     x16 = x32.half().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        run('fp16 channels_last, eager', edsr, ghost, x16)
-        run('fp16 channels_last, torch.compile', torch.compile(edsr), torch.compile(ghost), x16)
+        if eager:
+            run('fp16 channels_last, eager', edsr, ghost, x16)
+        if compiled:
+            run('fp16 channels_last, torch.compile', torch.compile(edsr), torch.compile(ghost), x16)
     report_fastest(best)
     del edsr, ghost
     torch.cuda.empty_cache()
 
 
-def bench_train_cuda(device, quick, batch=16, patch=48, num_feat=256, num_block=32):
+def bench_train_cuda(device, quick, compile_modes='both', batch=16, patch=48, num_feat=256, num_block=32):
     """Training iteration: batch 16 of 48x48 LR (x2), bf16 autocast, L1 loss, Adam; learnable shift."""
     reps, warmup = (3, 3) if quick else (20, 10)
     timer = Timer(device)
@@ -250,7 +254,8 @@ def bench_train_cuda(device, quick, batch=16, patch=48, num_feat=256, num_block=
     emit(NET_HEADER)
     lq = torch.rand(batch, 3, patch, patch, device=device)
     gt = torch.rand(batch, 3, 2 * patch, 2 * patch, device=device)
-    for kind in ('eager', 'torch.compile'):
+    kinds = {'both': ('eager', 'torch.compile'), 'skip': ('eager', ), 'only': ('torch.compile', )}[compile_modes]
+    for kind in kinds:
         edsr, ghost = build_pair(device, num_feat, num_block, 0.1)
         nets = [('edsr', edsr, edsr), ('ghost', ghost, ghost)]
         steps = {}
@@ -282,14 +287,17 @@ def speed(args):
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('bench: --device cuda but no CUDA device is available')
     if device.type == 'cpu':
+        if args.compile == 'only':
+            raise SystemExit('bench: --compile only: the CPU benchmark has no torch.compile modes (eager only)')
         torch.set_num_threads(args.threads)
     from ghostsr_plugin.ops import backend
     emit(f'device: {device_name(device)}', what='device', name=device_name(device), quick=args.quick,
          backend=backend.backend_name(device))
-    bench_op(device, args.quick)
+    if args.compile != 'only':
+        bench_op(device, args.quick)
     if device.type == 'cuda':
-        bench_nets_cuda(device, args.quick)
-        bench_train_cuda(device, args.quick)
+        bench_nets_cuda(device, args.quick, args.compile)
+        bench_train_cuda(device, args.quick, args.compile)
     else:
         bench_nets_cpu(device, args.quick)
     if args.json:
@@ -342,6 +350,9 @@ def main(argv=None):
     speed_parser.add_argument('--quick', action='store_true', help='few repetitions (smoke test)')
     speed_parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
     speed_parser.add_argument('--json', help='also write the numbers to this JSON file')
+    speed_parser.add_argument('--compile', choices=('both', 'skip', 'only'), default='both',
+                              help='GPU: run the torch.compile modes too (both), not (skip), or only them (only), '
+                              'e.g. to split a time-limited run in two')
     breakdown_parser = commands.add_parser('breakdown', help='per-op time of EDSR and GhostEDSR (torch.profiler)')
     breakdown_parser.add_argument('--device', choices=('cpu', 'cuda'),
                                   default='cuda' if torch.cuda.is_available() else 'cpu')

@@ -2,6 +2,8 @@
 of issue 4 is measured and reported with its device)."""
 import json
 
+import pytest
+
 from ghostsr_plugin import bench
 
 
@@ -27,3 +29,22 @@ def test_breakdown_lists_the_ops_of_both_networks(capsys):
     text = capsys.readouterr().out
     assert 'EDSR:' in text and 'GhostEDSR:' in text
     assert '[32, 64, 3, 3]' in text  # the intrinsic conv: 32 of GhostEDSR's 64 filters
+
+
+def test_gpu_tables_run_their_eager_modes_on_small_nets(capsys):
+    """The GPU tables' code (inference modes and the training step) runs here too, on tiny nets on the CPU, so a
+    GPU session does not find its bugs first; ``--compile skip`` leaves out exactly the torch.compile modes."""
+    import torch
+    bench.RESULTS.clear()
+    cpu = torch.device('cpu')
+    bench.bench_nets_cuda(cpu, True, 'skip', size=16, num_feat=8, num_block=1)
+    bench.bench_train_cuda(cpu, True, 'skip', batch=2, patch=8, num_feat=8, num_block=1)
+    modes = [r['mode'] for r in bench.RESULTS if r['what'] == 'net']
+    assert modes == ['fp32 NCHW TF32 off, eager, GhostEDSR', 'fp32 NCHW TF32 on, eager, GhostEDSR',
+                     'fp16 channels_last, eager, GhostEDSR', 'training iteration, eager, GhostEDSR']
+    assert all(r['edsr_ms'] > 0 and r['ghost_ms'] > 0 for r in bench.RESULTS if r['what'] == 'net')
+
+
+def test_compile_only_is_refused_on_the_cpu():
+    with pytest.raises(SystemExit, match='no torch.compile modes'):
+        bench.main(['speed', '--device', 'cpu', '--compile', 'only'])

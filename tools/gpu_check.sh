@@ -7,7 +7,8 @@
 #   here, after:  python tools/ghost_init_experiment.py --checkpoints <files_at> --results ghost_init_x2_gpu
 #
 # kernels:    builds the CPU + CUDA extension for the device's torch (sm_90), runs the kernel tests (the CUDA ones
-#             included: they must not be skipped there) and `python -m ghostsr_plugin.bench speed --device cuda`.
+#             included: they must not be skipped there) and `python -m ghostsr_plugin.bench speed --device cuda`,
+#             eager modes first, then the torch.compile ones (each with its own time limit).
 # experiment: the issue-3 fine-tunes of tools/ghost_init_experiment.py with N iterations per run (default 2000) and
 #             8 data loader processes, training only; the three checkpoints and their times come back in $OUT.
 # Everything printed is also written to $OUT (the device tool brings it back). Each step has its own time limit
@@ -64,7 +65,10 @@ if torch.cuda.is_available() and backend.backend_name("cuda") != "cuda":
 if [ "$PHASE" = kernels ]; then
   step "kernel tests" 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_backend.py tests/test_shift.py \
     tests/test_ghost_conv.py
-  step "bench speed (cuda)" 420 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --json "$OUT/bench_cuda.json"
+  step "bench speed (cuda), eager" 180 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --compile skip \
+    --json "$OUT/bench_cuda_eager.json"
+  step "bench speed (cuda), torch.compile" 300 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --compile only \
+    --json "$OUT/bench_cuda_compiled.json"
   exit 0
 fi
 
