@@ -25,6 +25,7 @@ Data layout expected under ``--data`` (``../shared/data`` in this project)::
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ import yaml
 
 import ghostsr_plugin  # noqa: F401  (registers archs/models; makes basicsr importable)
 from basicsr.archs import build_network
+from basicsr.data import build_dataset
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 from ghostsr_plugin.cluster import cluster_init
@@ -62,24 +64,28 @@ def ghost_network(scale):
     return {'type': 'GhostCARN_M', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'upscale': scale}
 
 
-def time_per_iteration(scale, teacher):
-    """Seconds of one training step (batch 16 of 48x48 LR, with the teacher's forward) of GhostCARN_M here, from two
-    timed steps."""
+def time_per_iteration(scale, teacher, dataset_opt, steps=5):
+    """Seconds of one training step as BasicSR's pipeline runs it here: batches of the real training set from a
+    loader with the training options' worker processes, the teacher's forward, GhostCARN_M's forward and backward
+    and Adam. Times ``steps`` (>= 3) steps and returns the median of all but the first (which pays the loader's
+    start); batches are drawn with replacement, so any training set size works."""
     net = build_network(ghost_network(scale))
     net.ghost_schedule.set_iteration(1)
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
-    lq, gt = torch.rand(BATCH, 3, LR_PATCH, LR_PATCH), torch.rand(BATCH, 3, LR_PATCH * scale, LR_PATCH * scale)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
+    dataset = build_dataset({**dataset_opt, 'phase': 'train', 'scale': scale})
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=BATCH * steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler,
+                                         num_workers=dataset_opt['num_worker_per_gpu'])
+    stamps = [time.perf_counter()]
+    for _, batch in zip(range(steps), loader):
         optimizer.zero_grad()
         with torch.no_grad():
-            target = teacher(lq)
-        out = net(lq)
-        ((out - gt).abs().mean() + (out - target).abs().mean()).backward()
+            target = teacher(batch['lq'])
+        out = net(batch['lq'])
+        ((out - batch['gt']).abs().mean() + (out - target).abs().mean()).backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+        stamps.append(time.perf_counter())
+    return statistics.median(b - a for a, b in zip(stamps[1:-1], stamps[2:]))
 
 
 def large_enough(train_data, scale, meta_path):
@@ -93,7 +99,7 @@ def large_enough(train_data, scale, meta_path):
     return meta_path
 
 
-def train_options(name, scale, train_data, data, pretrained, total_iter):
+def train_options(name, scale, train_data, data, pretrained, total_iter, meta_path):
     benchmark = os.path.join(data, 'benchmark', 'Set5')
     return {
         'name': name,
@@ -103,7 +109,7 @@ def train_options(name, scale, train_data, data, pretrained, total_iter):
         'manual_seed': 0,
         'datasets': {
             'train': {**train_data.dataset_opt(scale, lmdb=False), 'name': 'T91_BSD200', 'type': 'PairedImageDataset',
-                      'meta_info_file': large_enough(train_data, scale, os.path.join('experiments', f'{name}_meta.txt')),
+                      'meta_info_file': meta_path,
                       'gt_size': LR_PATCH * scale, 'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 1,
                       'batch_size_per_gpu': BATCH, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
             'val': {'name': 'Set5', 'type': 'PairedImageDataset', 'dataroot_gt': os.path.join(benchmark, 'HR'),
@@ -195,11 +201,13 @@ def main(argv=None):
     clustered = build_network(ghost_network(scale))
     cluster_init(clustered, plain_state, seed=0, init_offset='centre', progress=False)  # as ghost_init below
 
+    meta_path = large_enough(train_data, scale, os.path.join('experiments', f'{name}_meta.txt'))
     if args.iters is None:
-        seconds = time_per_iteration(scale, plain.eval())
+        dataset_opt = train_options(name, scale, train_data, data, pretrained, 1, meta_path)['datasets']['train']
+        seconds = time_per_iteration(scale, plain.eval(), dataset_opt)
         total_iter = int(max(20, min(5000, args.minutes * 60 / seconds)))
-        print(f'   one training step takes {seconds:.2f} s here: {total_iter} iterations fit {args.minutes} min',
-              flush=True)
+        print(f'   one training step (with its data loading) takes {seconds:.2f} s here: {total_iter} iterations fit '
+              f'{args.minutes} min', flush=True)
     else:
         total_iter = args.iters
 
@@ -208,7 +216,8 @@ def main(argv=None):
     os.makedirs('experiments', exist_ok=True)
     opt_path = os.path.join('experiments', f'{name}.yml')
     with open(opt_path, 'w') as file:
-        yaml.safe_dump(train_options(name, scale, train_data, data, pretrained, total_iter), file, sort_keys=False)
+        yaml.safe_dump(train_options(name, scale, train_data, data, pretrained, total_iter, meta_path), file,
+                       sort_keys=False)
     proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', opt_path])  # BasicSR archives an
     # earlier run of the same name (<name>_archived_<time>) rather than overwrite it
     if proc.returncode != 0:

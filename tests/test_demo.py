@@ -23,3 +23,19 @@ def test_demo_names_missing_data(tmp_path):
     proc = run([python(), '-m', 'ghostsr_plugin.demo', '--data', str(tmp_path / 'nowhere')], cwd=tmp_path)
     assert proc.returncode != 0
     assert 'lacks train/T91' in proc.stderr and 'weights/carn_m.pth' in proc.stderr
+
+
+def test_step_timing_draws_real_batches(tiny_data, monkeypatch):
+    """The main job sizes its fine-tune from steps that take their batches from the training set's loader (so the
+    data loading is in the measure); the teacher sees exactly those batches."""
+    import torch
+    from basicsr.archs import build_network
+    from conftest import train_options
+    from ghostsr_plugin import demo
+    opt = train_options('timing', demo.ghost_network(2), tiny_data)['datasets']['train']
+    teacher = build_network({'type': 'CARN_M', 'upscale': 2}).eval()
+    seen = []
+    teacher.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    seconds = demo.time_per_iteration(2, teacher, opt, steps=5)
+    assert seconds > 0
+    assert seen == [torch.Size([demo.BATCH, 3, 8, 8])] * 5  # LR crops of the tiny set's gt_size 16 at x2
