@@ -45,6 +45,7 @@ from ghostsr_plugin.convert import convert_carn
 from ghostsr_plugin.evaluate import evaluate, set_pairs
 from ghostsr_plugin.prepare_data import prepare
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
+from ghostsr_plugin.utils.malloc import tune_malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data'))
@@ -184,6 +185,7 @@ def main(argv=None):
     name = args.name or f'GhostCARN_M_x{scale}_demo'
     sets = tuple(args.sets)
     check_data(data)
+    tune_malloc()  # as in the training subprocess, so that the step timing below matches it
     start = time.time()
 
     print('== 1/4 training pairs from T91 + BSD200 (MATLAB bicubic LR, cached) ==', flush=True)

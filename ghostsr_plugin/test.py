@@ -7,6 +7,7 @@ import sys
 
 import ghostsr_plugin  # noqa: F401  (registers archs and models; makes basicsr importable)
 from basicsr.test import test_pipeline
+from ghostsr_plugin.utils.malloc import tune_malloc
 from ghostsr_plugin.utils.options import check_options_cli
 
 
@@ -15,6 +16,7 @@ def main(root_path=None):
         check_options_cli()
     except (ValueError, FileNotFoundError, KeyError) as err:
         sys.exit(f'ghostsr_plugin.test: {err}')
+    tune_malloc()  # see ghostsr_plugin/utils/malloc.py
     test_pipeline(root_path or os.getcwd())
 
 
