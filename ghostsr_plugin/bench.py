@@ -202,6 +202,10 @@ def report_fastest(best):
          what='fastest', ratio=ghost_ms / edsr_ms, ghost_mode=ghost_mode, edsr_mode=edsr_mode)
 
 
+# --compile: which kinds of GPU measurement run
+COMPILE_KINDS = {'both': ('eager', 'torch.compile'), 'skip': ('eager', ), 'only': ('torch.compile', )}
+
+
 def _set_tf32(enabled):
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
@@ -225,7 +229,8 @@ def bench_nets_cuda(device, quick, compile_modes='both', size=512, num_feat=256,
         best['ghost'].append((ghost_ms, mode))
 
     x32 = torch.rand(1, 3, size, size, device=device)
-    eager, compiled = compile_modes != 'only', compile_modes != 'skip'
+    kinds = COMPILE_KINDS[compile_modes]
+    eager, compiled = 'eager' in kinds, 'torch.compile' in kinds
     with torch.inference_mode():
         for mode, tf32 in (('fp32 NCHW TF32 off, eager', False), ('fp32 NCHW TF32 on, eager', True)):
             if eager:
@@ -254,8 +259,7 @@ def bench_train_cuda(device, quick, compile_modes='both', batch=16, patch=48, nu
     emit(NET_HEADER)
     lq = torch.rand(batch, 3, patch, patch, device=device)
     gt = torch.rand(batch, 3, 2 * patch, 2 * patch, device=device)
-    kinds = {'both': ('eager', 'torch.compile'), 'skip': ('eager', ), 'only': ('torch.compile', )}[compile_modes]
-    for kind in kinds:
+    for kind in COMPILE_KINDS[compile_modes]:
         edsr, ghost = build_pair(device, num_feat, num_block, 0.1)
         nets = [('edsr', edsr, edsr), ('ghost', ghost, ghost)]
         steps = {}
@@ -350,7 +354,7 @@ def main(argv=None):
     speed_parser.add_argument('--quick', action='store_true', help='few repetitions (smoke test)')
     speed_parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
     speed_parser.add_argument('--json', help='also write the numbers to this JSON file')
-    speed_parser.add_argument('--compile', choices=('both', 'skip', 'only'), default='both',
+    speed_parser.add_argument('--compile', choices=tuple(COMPILE_KINDS), default='both',
                               help='GPU: run the torch.compile modes too (both), not (skip), or only them (only), '
                               'e.g. to split a time-limited run in two')
     breakdown_parser = commands.add_parser('breakdown', help='per-op time of EDSR and GhostEDSR (torch.profiler)')

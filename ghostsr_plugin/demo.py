@@ -100,6 +100,13 @@ def large_enough(train_data, scale, meta_path):
     return meta_path
 
 
+def train_dataset_options(scale, train_data, meta_path):
+    """BasicSR options of the fine-tune's training set (T91 + BSD200 pairs, 48x48 LR patches)."""
+    return {**train_data.dataset_opt(scale, lmdb=False), 'name': 'T91_BSD200', 'type': 'PairedImageDataset',
+            'meta_info_file': meta_path, 'gt_size': LR_PATCH * scale, 'use_hflip': True, 'use_rot': True,
+            'num_worker_per_gpu': 1, 'batch_size_per_gpu': BATCH, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None}
+
+
 def train_options(name, scale, train_data, data, pretrained, total_iter, meta_path):
     benchmark = os.path.join(data, 'benchmark', 'Set5')
     return {
@@ -109,10 +116,7 @@ def train_options(name, scale, train_data, data, pretrained, total_iter, meta_pa
         'num_gpu': 'auto',
         'manual_seed': 0,
         'datasets': {
-            'train': {**train_data.dataset_opt(scale, lmdb=False), 'name': 'T91_BSD200', 'type': 'PairedImageDataset',
-                      'meta_info_file': meta_path,
-                      'gt_size': LR_PATCH * scale, 'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 1,
-                      'batch_size_per_gpu': BATCH, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
+            'train': train_dataset_options(scale, train_data, meta_path),
             'val': {'name': 'Set5', 'type': 'PairedImageDataset', 'dataroot_gt': os.path.join(benchmark, 'HR'),
                     'dataroot_lq': os.path.join(benchmark, 'LR_bicubic', f'X{scale}'),
                     'filename_tmpl': f'{{}}x{scale}', 'io_backend': {'type': 'disk'}},
@@ -205,8 +209,7 @@ def main(argv=None):
 
     meta_path = large_enough(train_data, scale, os.path.join('experiments', f'{name}_meta.txt'))
     if args.iters is None:
-        dataset_opt = train_options(name, scale, train_data, data, pretrained, 1, meta_path)['datasets']['train']
-        seconds = time_per_iteration(scale, plain.eval(), dataset_opt)
+        seconds = time_per_iteration(scale, plain.eval(), train_dataset_options(scale, train_data, meta_path))
         total_iter = int(max(20, min(5000, args.minutes * 60 / seconds)))
         print(f'   one training step (with its data loading) takes {seconds:.2f} s here: {total_iter} iterations fit '
               f'{args.minutes} min', flush=True)
