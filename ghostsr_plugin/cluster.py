@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 from ghostsr_plugin.ops.ghost_conv import GhostConv2d, GhostSchedule
 from ghostsr_plugin.ops.shift import centre_offset, shift_to_offset
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, atomic_write, load_checkpoint
+from ghostsr_plugin.utils.network import build_network_from_options  # noqa: F401  (re-exported)
 
 __all__ = [
     'load_state_dict_file', 'atomic_write_json', 'check_plain_state_dict', 'plain_twin_options', 'trace_ghost_inputs',
@@ -490,17 +491,6 @@ def cluster_init(net, plain_state, seed=0, n_init=10, init_offset=None, offset_m
 # ---------------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def build_network_from_options(opt_path, network_key='network_g'):
-    """Build ``opt[network_key]`` of a BasicSR option file through BasicSR's ARCH_REGISTRY."""
-    import ghostsr_plugin  # noqa: F401  (registers the archs; BasicSR compat)
-    from basicsr.archs import build_network
-    from ghostsr_plugin.utils.options import load_options
-    opt = load_options(opt_path)
-    if not isinstance(opt.get(network_key), dict) or 'type' not in opt[network_key]:
-        raise KeyError(f'{opt_path}: no {network_key!r} section with a network type')
-    return build_network(dict(opt[network_key]))
 
 
 def report_summary(report):

@@ -1,0 +1,55 @@
+"""How the plugin's commands deliver errors: one line ``<command>: error: <message>`` and exit code 2 for bad input
+(options, files, images, checkpoints), the traceback only with ``--debug`` or ``GHOSTSR_DEBUG=1``.
+
+    def main(argv=None):
+        ...
+
+    if __name__ == '__main__':
+        sys.exit(run_command('ghostsr_plugin.upscale', main))
+
+A command raises :class:`UserInputError` (or ValueError / KeyError / FileNotFoundError / NotADirectoryError /
+PermissionError / IsADirectoryError, which are taken as bad input too) with a message that names what is wrong
+and what is allowed; anything else is a bug and keeps its traceback.
+"""
+import os
+import sys
+import traceback
+
+__all__ = ['UserInputError', 'INPUT_ERRORS', 'EXIT_BAD_INPUT', 'debug_requested', 'error_line', 'run_command']
+
+EXIT_BAD_INPUT = 2
+
+
+class UserInputError(ValueError):
+    """Bad input named in the message (an option, a file, an image, a checkpoint)."""
+
+
+INPUT_ERRORS = (UserInputError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                PermissionError)
+
+
+def debug_requested(argv=None):
+    """True with ``--debug`` on the command line or ``GHOSTSR_DEBUG=1`` in the environment."""
+    argv = sys.argv[1:] if argv is None else argv
+    return '--debug' in argv or os.environ.get('GHOSTSR_DEBUG', '0') not in ('', '0')
+
+
+def error_line(command, err):
+    """``<command>: error: <message>`` for an exception (KeyError's quotes removed)."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(message):
+        message = f'{err.filename}: {err.strerror or message}'
+    return f'{command}: error: {message}'
+
+
+def run_command(command, main, argv=None):
+    """Run ``main(argv)``; bad input becomes one line on stderr and exit code 2 (a traceback with ``--debug`` /
+    ``GHOSTSR_DEBUG=1``). Returns ``main``'s exit code (0 for None)."""
+    try:
+        code = main(argv)
+    except INPUT_ERRORS as err:
+        if debug_requested(argv):
+            traceback.print_exc()
+        print(error_line(command, err), file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    return 0 if code is None else code
