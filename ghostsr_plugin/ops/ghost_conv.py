@@ -110,6 +110,18 @@ class GhostConv2d(nn.Conv2d):
                              f'[0, {2 * self.num_intrinsic - 1}], got shape {tuple(index.shape)}')
         self.ghost_index.copy_(index.to(self.ghost_index.device))
 
+    def freeze_offset(self):
+        """Fix a learnable layer's offset at its argmax W' from now on: no Gumbel noise, W' no longer trained
+        (its values stay, so a checkpoint keeps the argmax). A fixed or copy layer is left as it is."""
+        if self.shift_logits is not None and self.fixed_offset is None:
+            self.fixed_offset = int(self.shift_logits.argmax())
+            self.shift_logits.requires_grad_(False)
+            self._plan = None
+
+    @property
+    def offset_frozen(self):
+        return self.shift_logits is not None and self.fixed_offset is not None
+
     def current_offset(self):
         """(offset, probs) of this forward: planned by the network's GhostSchedule, or worked out here."""
         if self.fixed_offset is not None:
@@ -183,7 +195,7 @@ class GhostSchedule(nn.Module):
 
     def plan(self, net, training):
         """Choose the offsets of all learnable ghost layers of ``net`` for this forward."""
-        layers = [m for m in ghost_layers(net) if m.shift_logits is not None]
+        layers = [m for m in ghost_layers(net) if m.shift_logits is not None and m.fixed_offset is None]
         if not layers:
             return
         logits = torch.stack([m.shift_logits for m in layers])
