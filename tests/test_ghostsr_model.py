@@ -165,3 +165,108 @@ def test_distill_bad_options_are_named(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r'does not fit EDSR: "conv_first.weight" has shape \(1,\)'):
         torch.save({'params': {'conv_first.weight': torch.zeros(1)}}, tmp_path / 'bad.pth')
         _distill_model(tiny_data, tmp_path, teacher_path=str(tmp_path / 'bad.pth'))
+
+
+def _unit_model(tiny_data, tmp_path, name='unit', net=None, **top):
+    from basicsr.models import build_model
+    from conftest import train_options
+    opt = train_options(name, dict(net or NET), tiny_data)
+    opt.update(top)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(models=str(tmp_path), training_states=str(tmp_path), experiments_root=str(tmp_path))
+    return build_model(opt)
+
+
+def test_freeze_offsets_at_fixes_argmax_and_stops_training_w(tiny_data, tmp_path):
+    """`ghost: freeze_offsets_at: 3`: from iteration 3 on every learnable layer uses argmax W' (no noise), W' no
+    longer changes, the EMA net uses the same offsets, and the training state records the freeze point."""
+    model = _unit_model(tiny_data, tmp_path, ghost={'freeze_offsets_at': 3, 'shift_lr_mult': 100},
+                        train=dict(_unit_train(), ema_decay=0.5))
+    torch.manual_seed(0)
+    batch = {'lq': torch.rand(2, 3, 8, 8), 'gt': torch.rand(2, 3, 16, 16)}
+    layers = ghost_layers(model.net_g)
+    logits_at = {}
+    for iteration in range(1, 6):
+        model.feed_data(batch)
+        model.optimize_parameters(iteration)
+        logits_at[iteration] = torch.stack([m.shift_logits.detach().clone() for m in layers])
+    assert not torch.equal(logits_at[1], logits_at[2])  # W' trained before the freeze
+    assert torch.equal(logits_at[3], logits_at[5])  # ... and not after it
+    assert model.offsets_frozen_at == 3 and model.log_dict['ghost_frozen'] == 1.0
+    argmax = [int(row.argmax()) for row in logits_at[5]]
+    assert [m.fixed_offset for m in layers] == argmax
+    assert [m.current_offset() for m in layers] == [(a, None) for a in argmax]  # no noise, no STE probs
+    assert [m.fixed_offset for m in ghost_layers(model.net_g_ema)] == argmax
+    model.save(epoch=0, current_iter=5)
+    assert torch.load(tmp_path / '5.state', weights_only=False)['ghost']['offsets_frozen_at'] == 3
+
+
+def test_freeze_offsets_at_fraction_and_bad_values(tiny_data, tmp_path):
+    model = _unit_model(tiny_data, tmp_path, ghost={'freeze_offsets_at': 0.5}, train=dict(_unit_train(), total_iter=10))
+    assert model.freeze_iter == 5
+    for bad in (0, 1.5, 'half', True):
+        with pytest.raises(ValueError, match='ghost: freeze_offsets_at'):
+            _unit_model(tiny_data, tmp_path, ghost={'freeze_offsets_at': bad})
+
+
+def _unit_train():
+    from conftest import train_options
+    return train_options('x', dict(NET), {'hr': '', 'lr': ''})['train']
+
+
+def test_save_best_keeps_the_best_validation_checkpoint(tiny_data, tmp_path):
+    """`val: save_best: psnr`: net_g_best.pth and best.json follow the best figure of the first validation set
+    (a worse later figure leaves them); the record is carried in the training state."""
+    model = _unit_model(tiny_data, tmp_path)
+    model.opt['val']['save_best'] = 'psnr'
+    from ghostsr_plugin.models.ghostsr_model import _best_metric_option
+    model.best_metric = _best_metric_option(model.opt)
+    model._initialize_best_metric_results('tiny_val')
+    model._update_best_metric_result('tiny_val', 'psnr', 30.0, 2)
+    first = torch.load(tmp_path / 'net_g_best.pth', weights_only=True)['params']
+    with torch.no_grad():
+        model.net_g.conv_first.weight.add_(1)
+    model._update_best_metric_result('tiny_val', 'psnr', 29.0, 4)  # worse: nothing written
+    model._update_best_metric_result('tiny_val', 'ssim', 0.99, 4)  # another metric: ignored
+    assert torch.equal(torch.load(tmp_path / 'net_g_best.pth', weights_only=True)['params']['conv_first.weight'],
+                       first['conv_first.weight'])
+    model._update_best_metric_result('tiny_val', 'psnr', 31.5, 6)  # better: the new weights
+    best = torch.load(tmp_path / 'net_g_best.pth', weights_only=True)['params']
+    assert torch.equal(best['conv_first.weight'], model.net_g.conv_first.weight.detach())
+    import json
+    record = json.loads((tmp_path / 'best.json').read_text())
+    assert (record['dataset'], record['metric'], record['value'], record['iter']) == ('tiny_val', 'psnr', 31.5, 6)
+    model.save(epoch=0, current_iter=6)
+    assert torch.load(tmp_path / '6.state', weights_only=False)['ghost']['best']['value'] == 31.5
+    model.opt['val']['save_best'] = 'lpips'
+    with pytest.raises(ValueError, match=r'val: save_best must name a metric of val: metrics \(psnr, ssim\)'):
+        _best_metric_option(model.opt)
+
+
+def test_frozen_offsets_and_best_checkpoint_survive_resume(tiny_data, tmp_path):
+    """Through `python -m ghostsr_plugin.train`: offsets frozen at iteration 2 stay frozen (same W', same moves)
+    after --auto_resume, and the best-validation record is carried over instead of restarting."""
+    import json
+    from conftest import python, run, train_options, write_options
+    opt = train_options('freeze_resume', dict(NET), tiny_data, total_iter=4)
+    opt['ghost'] = {'freeze_offsets_at': 2, 'shift_lr_mult': 100}
+    opt['val'].update(val_freq=1, save_best='psnr')
+    opt['train']['scheduler']['periods'] = [6]
+    assert run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path)],
+               cwd=tmp_path).returncode == 0
+    models = tmp_path / 'experiments' / 'freeze_resume' / 'models'
+    best_before = json.loads((models / 'best.json').read_text())
+    opt['train']['total_iter'] = 6
+    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path), '--auto_resume'],
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logits = {}
+    for name in ('net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth'):
+        params = torch.load(models / name, weights_only=True)['params']
+        logits[name] = torch.stack([v for k, v in sorted(params.items()) if k.endswith('shift_logits')])
+    assert torch.equal(logits['net_g_2.pth'], logits['net_g_latest.pth'])
+    logs = sorted((tmp_path / 'experiments' / 'freeze_resume').glob('train_*.log'))
+    assert 'offsets frozen at iteration 2' in logs[-1].read_text()  # the resumed run, before its first step
+    best_after = json.loads((models / 'best.json').read_text())
+    assert best_after['value'] >= best_before['value']
+    assert best_after['iter'] == best_before['iter'] or best_after['value'] > best_before['value']

@@ -16,7 +16,7 @@ from ghostsr_plugin.ops.ghost_conv import ghost_layers, ghost_offsets
 from ghostsr_plugin.ops.shift import centre_offset
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
 
-GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets', 'shift_lr_mult')
+GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets', 'shift_lr_mult', 'freeze_offsets_at')
 GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'n_init', 'init_offset', 'offset_margin')
 DISTILL_KEYS = ('loss_weight', 'teacher_path', 'param_key', 'network')
 
@@ -37,6 +37,12 @@ class GhostSRModel(SRModel):
     * ``ghost_init:`` (pretrain_path, param_key, seed, init_offset) clusters a pre-trained plain model into the
       Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume.
     * ``ghost: shift_lr_mult``: learning-rate multiplier of the shift logits W' (own optimizer group; default 1).
+    * ``ghost: freeze_offsets_at``: an iteration (int >= 1) or a fraction of ``total_iter`` (float in (0, 1)) from
+      which every learnable offset is fixed at its argmax W' (no noise, W' no longer trained), so the last phase
+      fine-tunes the weights for fixed moves. The logits keep their values, so checkpoints keep the argmax; a
+      resumed run freezes again at the same point. Not in the paper.
+    * ``val: save_best: <metric>`` (a metric of ``val: metrics``): keep ``models/net_g_best.pth`` (and
+      ``best.json``) of the best validation figure of the first validation set; it survives resuming.
     * ``distill:`` (loss_weight, teacher_path, param_key, network): fine-tune against the pre-trained plain model
       as well: ``loss_weight * L1(net_g(lq), teacher(lq))`` is added to BasicSR's pixel/perceptual losses. The
       teacher defaults to ``ghost_init``'s checkpoint in the plain twin of ``network_g``
@@ -53,6 +59,10 @@ class GhostSRModel(SRModel):
         self.distill_opt = _checked_block(opt, 'distill', DISTILL_KEYS)
         self.iters_per_epoch = None
         self.teacher = None
+        self.freeze_iter = _freeze_iteration(self.ghost_opt.get('freeze_offsets_at'), opt)
+        self.offsets_frozen_at = None  # the iteration at which the offsets were frozen
+        self.best_metric = _best_metric_option(opt)
+        self.best = None  # {'dataset', 'metric', 'value', 'iter', 'better'} of net_g_best.pth
         super().__init__(opt)
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -152,12 +162,28 @@ class GhostSRModel(SRModel):
         schedule = getattr(self.get_bare_model(self.net_g), 'ghost_schedule', None)
         if schedule is not None:
             schedule.set_iteration(current_iter, self.iters_per_epoch)
+        if self.freeze_iter is not None and current_iter >= self.freeze_iter and self.offsets_frozen_at is None:
+            self.freeze_offsets(current_iter)
         if self.teacher is None:
             super().optimize_parameters(current_iter)
         else:
             self._optimize_with_teacher()
         if schedule is not None:
             self.log_dict.update(self._schedule_log(schedule, current_iter))
+
+    def freeze_offsets(self, current_iter):
+        """Fix every learnable offset of net_g (and of its EMA copy, with the same logits) at argmax W'."""
+        layers = [m for m in ghost_layers(self.net_g_bare()) if m.shift_logits is not None]
+        ema_layers = ghost_layers(self.net_g_ema) if getattr(self, 'net_g_ema', None) is not None else [None] * len(layers)
+        for layer, ema in zip(layers, ema_layers):
+            layer.freeze_offset()
+            if ema is not None and ema.shift_logits is not None:
+                ema.shift_logits.data.copy_(layer.shift_logits.data)
+                ema.freeze_offset()
+        self.offsets_frozen_at = current_iter
+        if layers:
+            offsets = ' '.join(f'{k}={v[0]:+d},{v[1]:+d}' for k, v in ghost_offsets(self.net_g_bare()).items())
+            get_root_logger().info(f'GhostSRModel: offsets frozen at iteration {current_iter} (argmax W\'): {offsets}')
 
     def _optimize_with_teacher(self):
         """SRModel's step with the distillation term ``l_distill`` added to the configured losses."""
@@ -191,6 +217,7 @@ class GhostSRModel(SRModel):
             'gumbel_noise': state.noise_scale,
             'gumbel_epoch': float(state.epoch),
             'ghost_moved': sum(moved) / max(len(moved), 1),
+            'ghost_frozen': float(self.offsets_frozen_at is not None),
         }
 
     def net_g_bare(self):
@@ -220,8 +247,37 @@ class GhostSRModel(SRModel):
         for net_, key in zip(nets, keys):
             state_dict = self.get_bare_model(net_).state_dict()
             save_dict[key] = {k.removeprefix('module.'): v.cpu() for k, v in state_dict.items()}
-        iteration = 'latest' if current_iter == -1 else current_iter
+        iteration = 'latest' if current_iter == -1 else current_iter  # or a label such as 'best'
         atomic_torch_save(save_dict, os.path.join(self.opt['path']['models'], f'{net_label}_{iteration}.pth'))
+
+    def _update_best_metric_result(self, dataset_name, metric, val, current_iter):
+        """BasicSR's best-figure log, plus ``val: save_best``: a better figure of the first validation set writes
+        ``net_g_best.pth`` and ``best.json`` (atomically; the previous best stays until the new one is complete)."""
+        super()._update_best_metric_result(dataset_name, metric, val, current_iter)
+        if metric != self.best_metric:
+            return
+        if self.best is None:
+            better = self.opt['val']['metrics'][metric].get('better', 'higher')
+            self.best = {'dataset': dataset_name, 'metric': metric, 'value': None, 'iter': None, 'better': better}
+        best = self.best
+        if dataset_name != best['dataset']:
+            return
+        improved = best['value'] is None or (val > best['value'] if best['better'] == 'higher' else val < best['value'])
+        if improved:
+            best.update(value=float(val), iter=int(current_iter))
+            self._save_best()
+
+    @master_only
+    def _save_best(self):
+        from ghostsr_plugin.cluster import atomic_write_json
+        models = self.opt['path']['models']
+        if getattr(self, 'net_g_ema', None) is not None:
+            self.save_network([self.net_g, self.net_g_ema], 'net_g', 'best', param_key=['params', 'params_ema'])
+        else:
+            self.save_network(self.net_g, 'net_g', 'best')
+        atomic_write_json(self.best, os.path.join(models, 'best.json'))
+        get_root_logger().info(f'GhostSRModel: best {self.best["dataset"]} {self.best["metric"]} '
+                               f'{self.best["value"]:.4f} at iteration {self.best["iter"]}: saved net_g_best.pth')
 
     @master_only
     def save_training_state(self, epoch, current_iter):
@@ -234,6 +290,8 @@ class GhostSRModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'ghost': {
                 'iters_per_epoch': self.iters_per_epoch,
+                'offsets_frozen_at': self.offsets_frozen_at,
+                'best': self.best,
                 'saved_at': time.time()
             },
         }
@@ -241,11 +299,48 @@ class GhostSRModel(SRModel):
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        self.best = resume_state.get('ghost', {}).get('best')
+        frozen_at = resume_state.get('ghost', {}).get('offsets_frozen_at')
+        if frozen_at is not None:  # the loaded logits hold the frozen argmax
+            self.freeze_offsets(frozen_at)
         saved = resume_state.get('ghost', {}).get('iters_per_epoch')
         if saved is not None and saved != self.iters_per_epoch:
             get_root_logger().warning(f'GhostSRModel: the run was saved with iters_per_epoch={saved}, now '
                                       f'{self.iters_per_epoch}; keeping {saved} so the Gumbel schedule continues.')
             self.iters_per_epoch = saved
+
+
+def _freeze_iteration(value, opt):
+    """``ghost: freeze_offsets_at`` as an iteration: an int >= 1, or a float in (0, 1) times ``train: total_iter``."""
+    if value is None:
+        return None
+    total = (opt.get('train') or {}).get('total_iter')
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'ghost: freeze_offsets_at must be an iteration (int >= 1) or a fraction of total_iter '
+                         f'(float in (0, 1)), got {value!r}')
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f'ghost: freeze_offsets_at must be an iteration >= 1 or a fraction in (0, 1), got {value}')
+        return value
+    if not 0 < value < 1 or not total:
+        raise ValueError(f'ghost: freeze_offsets_at as a float is a fraction of train: total_iter, in (0, 1); '
+                         f'got {value!r} (total_iter {total!r})')
+    return max(1, round(value * int(total)))
+
+
+def _best_metric_option(opt):
+    """``val: save_best``: the metric (a key of ``val: metrics``) whose best value keeps ``net_g_best.pth``."""
+    val = opt.get('val') or {}
+    metric = val.get('save_best')
+    if metric is None or metric is False:
+        return None
+    metrics = list((val.get('metrics') or {}).keys())
+    if metric is True and metrics:
+        return metrics[0]
+    if metric not in metrics:
+        raise ValueError(f'val: save_best must name a metric of val: metrics ({", ".join(metrics) or "none defined"}) '
+                         f'or be true (the first), got {metric!r}')
+    return metric
 
 
 def _checked_block(opt, name, allowed):
