@@ -1,16 +1,18 @@
 """The benchmark runs end to end on the CPU (a smoke test: timings are not asserted, only that every comparison
-of issue 4 is measured and reported with its device)."""
+of issue 4 is measured and reported with its device); the command module ``ghostsr_plugin.bench`` drives the
+library ``ghostsr_plugin.measure.bench`` and reports bad options in one line with exit code 2; the interleaved
+timer alternates the order and feeds a progress bar."""
 import json
 
-import pytest
-
-from ghostsr_plugin import bench
+from ghostsr_plugin import bench as command
+from ghostsr_plugin.measure import bench
+from ghostsr_plugin.utils.cli import run_command
 
 
 def test_speed_quick_reports_every_cpu_comparison(tmp_path, capsys):
     out = tmp_path / 'bench.json'
     bench.RESULTS.clear()
-    bench.main(['speed', '--device', 'cpu', '--quick', '--threads', '1', '--json', str(out)])
+    command.main(['speed', '--device', 'cpu', '--quick', '--threads', '1', '--json', str(out)])
     records = json.loads(out.read_text())
     assert records[0]['what'] == 'device' and records[0]['backend'] == 'cpp'
     ops = [r for r in records if r['what'] == 'op']
@@ -25,7 +27,7 @@ def test_speed_quick_reports_every_cpu_comparison(tmp_path, capsys):
 
 
 def test_breakdown_lists_the_ops_of_both_networks(capsys):
-    bench.main(['breakdown', '--device', 'cpu', '--threads', '1', '--rows', '3', '--layout', 'NCHW'])
+    command.main(['breakdown', '--device', 'cpu', '--threads', '1', '--rows', '3', '--layout', 'NCHW'])
     text = capsys.readouterr().out
     assert 'EDSR:' in text and 'GhostEDSR:' in text
     assert '[32, 64, 3, 3]' in text  # the intrinsic conv: 32 of GhostEDSR's 64 filters
@@ -45,6 +47,21 @@ def test_gpu_tables_run_their_eager_modes_on_small_nets(capsys):
     assert all(r['edsr_ms'] > 0 and r['ghost_ms'] > 0 for r in bench.RESULTS if r['what'] == 'net')
 
 
-def test_compile_only_is_refused_on_the_cpu():
-    with pytest.raises(SystemExit, match='no torch.compile modes'):
-        bench.main(['speed', '--device', 'cpu', '--compile', 'only'])
+def test_compile_only_is_refused_on_the_cpu(capsys):
+    code = run_command('ghostsr_plugin.bench', command.main, ['speed', '--device', 'cpu', '--compile', 'only'])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1
+    assert err.startswith('ghostsr_plugin.bench: error: --compile only:') and 'allowed on the CPU' in err
+
+
+def test_interleaved_alternates_the_order_and_counts_every_call():
+    calls, ticks = [], []
+
+    class Bar:
+        def update(self):
+            ticks.append(1)
+
+    fns = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
+    times = bench.interleaved(lambda fn: fn() or 1.0, fns, reps=3, warmup=1, progress=Bar())
+    assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
+    assert times == {'a': [1.0] * 3, 'b': [1.0] * 3} and len(ticks) == 8
