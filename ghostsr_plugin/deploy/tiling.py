@@ -1,0 +1,197 @@
+"""Upscaling user images with a network, whole or in tiles so that large inputs run within bounded memory.
+
+:class:`Upscaler` is built once (from an option file and checkpoint, or from a network) and upscales numpy
+images with :meth:`Upscaler.enhance`, following the conventions of Real-ESRGAN's inference command:
+
+* grey images run as 3-channel images and come back grey (luma of the output);
+* BGRA images keep their alpha channel, upscaled by the same network (``alpha_upsampler='network'``, the default:
+  the alpha plane runs as a grey image) or by bicubic interpolation (``'bicubic'``, cheaper);
+* 16-bit images run in float on value / 65535 and come back 16-bit; 8-bit on value / 255.
+
+Tiles (``tile`` > 0, ``tile_pad`` pixels of margin): the LR image is cut into ``tile`` x ``tile`` pieces; each runs
+with ``tile_pad`` real neighbouring pixels on every side that has any (the image border gets the network's own
+zero padding, as untiled), and the margin's share of the output is cropped off before the piece is placed. With a
+margin at least the network's receptive-field radius the result is the untiled one up to float rounding; smaller
+margins differ near tile seams (measured in the README). The output is assembled on the CPU, so device memory is
+bounded by one padded tile.
+
+:func:`upscale_files` runs an Upscaler over a list of files and writes the outputs atomically.
+"""
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ghostsr_plugin.deploy.images import output_extension, read_image, write_image
+from ghostsr_plugin.measure.complexity import forward_kwargs
+from ghostsr_plugin.utils.cli import UserInputError
+
+__all__ = ['ALPHA_UPSAMPLERS', 'Upscaler', 'check_tiling', 'resolve_device', 'tile_boxes', 'upscale_files']
+
+ALPHA_UPSAMPLERS = ('network', 'bicubic')
+
+
+def check_tiling(tile, tile_pad):
+    """Raise a UserInputError naming ``--tile`` / ``--tile-pad`` unless tile is 0 (off) or >= 2 x tile_pad >= 0."""
+    if tile_pad < 0:
+        raise UserInputError(f'--tile-pad {tile_pad}: must be >= 0 (LR pixels of margin around each tile)')
+    if tile < 0:
+        raise UserInputError(f'--tile {tile}: must be 0 (no tiles) or a tile size in LR pixels >= 2 x --tile-pad')
+    if 0 < tile < 2 * tile_pad:
+        raise UserInputError(f'--tile {tile} is smaller than twice --tile-pad {tile_pad}; allowed: --tile 0 (no tiles) '
+                             f'or --tile >= {2 * tile_pad} (or a smaller --tile-pad)')
+
+
+def resolve_device(name):
+    """``torch.device`` of ``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f'--device {name!r}: allowed auto, cpu, cuda, cuda:N') from None
+    if device.type not in ('cpu', 'cuda'):
+        raise UserInputError(f'--device {name!r}: allowed auto, cpu, cuda, cuda:N')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserInputError(f'--device {name}: no CUDA device is available here (allowed: auto, cpu)')
+    return device
+
+
+def tile_boxes(height, width, tile):
+    """(y0, y1, x0, x1) of the tiles covering a ``height`` x ``width`` image, row by row; the last row and column
+    of tiles take what is left."""
+    return [(y, min(y + tile, height), x, min(x + tile, width))
+            for y in range(0, height, tile) for x in range(0, width, tile)]
+
+
+class Upscaler:
+    """A network ready to upscale numpy images (see the module docstring for the conventions).
+
+    Args:
+        net (nn.Module): the SR network (RGB in [0, 1] in, RGB out, ``scale`` times larger).
+        scale (int): its upscaling factor (multi-scale networks run the head of this scale).
+        device (str | torch.device): 'auto', 'cpu', 'cuda', ... Default 'auto'.
+        tile (int): tile size in LR pixels, 0 for the whole image at once. Default 0.
+        tile_pad (int): LR pixels of real neighbouring context around each tile, cropped off the output. Default 10.
+        half (bool): run the network in float16 (CUDA only). Default False.
+        alpha_upsampler (str): 'network' or 'bicubic', how an alpha channel is upscaled. Default 'network'.
+        progress (bool): a progress bar over the tiles of an image. Default False.
+    """
+
+    def __init__(self, net, scale, device='auto', tile=0, tile_pad=10, half=False, alpha_upsampler='network',
+                 progress=False):
+        check_tiling(tile, tile_pad)
+        if alpha_upsampler not in ALPHA_UPSAMPLERS:
+            raise UserInputError(f'--alpha-upsampler {alpha_upsampler!r}: allowed {", ".join(ALPHA_UPSAMPLERS)}')
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        if half and self.device.type != 'cuda':
+            raise UserInputError(f'--half needs a CUDA device (the device here is {self.device}); leave --half out')
+        self.dtype = torch.float16 if half else torch.float32
+        self.net = net.eval().to(self.device, self.dtype)
+        self.scale, self.tile, self.tile_pad = scale, tile, tile_pad
+        self.alpha_upsampler, self.progress = alpha_upsampler, progress
+        self.kwargs = forward_kwargs(net, scale)
+
+    @classmethod
+    def from_options(cls, opt_path, ckpt=None, param_key=None, network_key='network_g', **kwargs):
+        """Build the network of a BasicSR option file and load ``ckpt`` (default: the file's
+        ``path.pretrain_network_g``, with its ``param_key_g``); the scale is the file's ``scale``."""
+        from ghostsr_plugin.utils.network import load_network
+        from ghostsr_plugin.utils.options import load_options
+        opt = load_options(opt_path)
+        path_opt = opt.get('path') or {}
+        if ckpt is None:
+            ckpt = path_opt.get('pretrain_network_g')
+            if not ckpt:
+                raise UserInputError(f'no checkpoint: give --ckpt, or path.pretrain_network_g in {opt_path}')
+            if not os.path.isfile(ckpt):
+                raise FileNotFoundError(f'checkpoint not found: {ckpt} (path.pretrain_network_g of {opt_path}; '
+                                        'give --ckpt)')
+        param_key = param_key or path_opt.get('param_key_g') or 'params'
+        net = load_network(opt_path, ckpt, param_key, network_key, 'cpu')
+        scale = opt.get('scale') or opt[network_key].get('upscale')
+        if not isinstance(scale, int) or scale < 1:
+            raise UserInputError(f'{opt_path}: no integer "scale" (or {network_key}.upscale) to upscale by')
+        return cls(net, scale, **kwargs)
+
+    def _forward(self, lq):
+        with torch.inference_mode():
+            out = self.net(lq.to(self.device, self.dtype), **self.kwargs).float().cpu()
+        expected = (lq.shape[2] * self.scale, lq.shape[3] * self.scale)
+        if tuple(out.shape[2:]) != expected:
+            raise UserInputError(f'the network made {tuple(out.shape[2:])} from {tuple(lq.shape[2:])}, not x{self.scale} '
+                                 f'{expected}: is "scale" of the option file the network\'s scale?')
+        return out
+
+    def run(self, lq):
+        """SR of an RGB float tensor ``[1, 3, h, w]`` (CPU) -> ``[1, 3, h·s, w·s]`` (CPU), tiled when asked."""
+        h, w = lq.shape[2:]
+        if not self.tile or (h <= self.tile and w <= self.tile):
+            return self._forward(lq)
+        s, pad = self.scale, self.tile_pad
+        out = lq.new_zeros(lq.shape[0], lq.shape[1], h * s, w * s)
+        boxes = tile_boxes(h, w, self.tile)
+        for y0, y1, x0, x1 in tqdm(boxes, desc='tiles', unit='tile', leave=False, disable=not self.progress):
+            py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)
+            sr = self._forward(lq[:, :, py0:min(y1 + pad, h), px0:min(x1 + pad, w)])
+            top, left = (y0 - py0) * s, (x0 - px0) * s
+            out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = sr[:, :, top:top + (y1 - y0) * s, left:left + (x1 - x0) * s]
+        return out
+
+    def _upscale_bgr(self, img):
+        """float32 BGR [0, 1] -> float32 BGR [0, 1] (clamped), ``scale`` times larger."""
+        from basicsr.utils import img2tensor, tensor2img
+        out = self.run(img2tensor(img, bgr2rgb=True, float32=True).unsqueeze(0))
+        return tensor2img(out, rgb2bgr=True, out_type=np.float32, min_max=(0, 1))
+
+    def enhance(self, img):
+        """Upscale a numpy image (grey ``H x W``, BGR or BGRA; uint8 or uint16): the same kind, ``scale`` times
+        larger."""
+        import cv2
+        if img.dtype not in (np.uint8, np.uint16):
+            raise UserInputError(f'{img.dtype} images are not supported (allowed: uint8, uint16)')
+        max_value = float(np.iinfo(img.dtype).max)
+        x = img.astype(np.float32) / max_value
+        if x.ndim == 2:
+            out = cv2.cvtColor(self._upscale_bgr(cv2.cvtColor(x, cv2.COLOR_GRAY2BGR)), cv2.COLOR_BGR2GRAY)
+        else:
+            out = self._upscale_bgr(np.ascontiguousarray(x[:, :, :3]))
+            if x.shape[2] == 4:
+                alpha = x[:, :, 3]
+                if self.alpha_upsampler == 'network':
+                    alpha = cv2.cvtColor(self._upscale_bgr(cv2.cvtColor(alpha, cv2.COLOR_GRAY2BGR)),
+                                         cv2.COLOR_BGR2GRAY)
+                else:
+                    alpha = cv2.resize(alpha, out.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+                out = np.dstack([out, alpha])
+        return np.round(np.clip(out, 0, 1) * max_value).astype(img.dtype)
+
+
+def upscale_files(upscaler, files, out_dir, ext='auto', suffix='', progress=True):
+    """Upscale every file of ``files`` into ``out_dir`` as ``<stem>[_<suffix>].<ext>``, written atomically.
+
+    A file that cannot be read is reported and skipped; the rest are still done. Returns (written paths, notes,
+    skipped ``(path, reason)`` pairs).
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f'-o {out_dir}: exists and is not a folder (give a folder for the outputs)')
+    os.makedirs(out_dir, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f'-o {out_dir}: the output folder is not writable')
+    written, notes, skipped = [], [], []
+    for path in tqdm(files, desc='upscale', unit='image', disable=not progress or len(files) < 2):
+        try:
+            img = read_image(path)
+        except (UserInputError, OSError) as err:
+            skipped.append((path, str(err)))
+            continue
+        out_ext, note = output_extension(ext, path, img.ndim == 3 and img.shape[2] == 4)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        out_path = os.path.join(out_dir, f'{stem}_{suffix}.{out_ext}' if suffix else f'{stem}.{out_ext}')
+        if os.path.abspath(out_path) == os.path.abspath(path):
+            skipped.append((path, 'the output would overwrite this input (give another -o or a --suffix)'))
+            continue
+        notes += [n for n in (note, write_image(out_path, upscaler.enhance(img))) if n]
+        written.append(out_path)
+    return written, notes, skipped
