@@ -1,0 +1,60 @@
+"""``type: Ghost``: the Ghost version of any registered network, and ``type: SpandrelNet``: a spandrel network.
+
+An option file becomes a Ghost one by wrapping its network (checkpoints of the plain network cluster into it with
+``ghost_init:``; ``distill:`` takes the wrapped network as the teacher)::
+
+    network_g:
+      type: Ghost
+      network: {type: MSRResNet, num_in_ch: 3, num_out_ch: 3, upscale: 4}
+      ghost_ratio: 0.5          # and the other ghost arguments, include / exclude
+"""
+import copy
+
+from basicsr.utils.registry import ARCH_REGISTRY
+from ghostsr_plugin.compress.ghostify import GHOST_ARGS_DOC, ghostify
+
+
+@ARCH_REGISTRY.register()
+def Ghost(network,
+          ghost_ratio=0.5,
+          ghost_d=1,
+          shift_mode='learnable',
+          fixed_offset=(0, -1),
+          gumbel_a=0.97,
+          gumbel_tau=1.0,
+          iters_per_epoch=1000,
+          gumbel_seed=0,
+          include=None,
+          exclude=None,
+          fuse=True,
+          trace_size=16):
+    """Build ``network`` (BasicSR options of the plain network) and return its Ghost version
+    (:func:`ghostsr_plugin.compress.ghostify.ghostify`): the plain network's class and state-dict names, plus the
+    ghost layers' channel maps / shift logits and ``ghost_schedule``.
+
+    Args:
+        network (dict): options of the plain network (``type`` and its arguments).
+        {ghost_args}
+        include, exclude (list[str]): ``fnmatch`` patterns of convolutions to ghost / keep plain beyond §4.1's rule.
+        fuse (bool): fuse ReLU / residual epilogues into the ghost op. Default True.
+        trace_size (int): side of the input of the tracing forward (raise it for networks that need more). Default 16.
+    """
+    from basicsr.archs import build_network
+    if not isinstance(network, dict) or 'type' not in network:
+        raise ValueError(f'network_g: type Ghost needs network: {{type: <plain arch>, ...}}, got {network!r}')
+    if network['type'] == 'Ghost':
+        raise ValueError('network_g: type Ghost cannot wrap another Ghost network')
+    net = build_network(copy.deepcopy(network))
+    return ghostify(net, ghost_ratio, ghost_d, shift_mode, fixed_offset, gumbel_a, gumbel_tau, iters_per_epoch,
+                    gumbel_seed, include=include, exclude=exclude, fuse=fuse, trace_size=trace_size, inplace=True)
+
+
+Ghost.__doc__ = Ghost.__doc__.replace('{ghost_args}', GHOST_ARGS_DOC)
+
+
+@ARCH_REGISTRY.register()
+def SpandrelNet(arch, model=None, hyperparameters=None):
+    """A network of spandrel (optional dependency) rebuilt from its architecture id, class name and stored
+    hyperparameters, as ``python -m ghostsr_plugin.ghostify --model file.pth`` writes them."""
+    from ghostsr_plugin.compress.spandrel_io import build_spandrel_net
+    return build_spandrel_net(arch, model, hyperparameters)
