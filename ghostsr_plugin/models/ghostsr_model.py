@@ -263,8 +263,8 @@ class GhostSRModel(SRModel):
         if dataset_name != best['dataset']:
             return
         improved = best['value'] is None or (val > best['value'] if best['better'] == 'higher' else val < best['value'])
-        if improved:
-            best.update(value=float(val), iter=int(current_iter))
+        if improved:  # BasicSR validates once more after the loop, with current_iter past total_iter
+            best.update(value=float(val), iter=min(int(current_iter), int(self.opt['train']['total_iter'])))
             self._save_best()
 
     @master_only

@@ -1,0 +1,44 @@
+"""tools/finetune_experiment.py (issue 12's runner): the validation curve read from a BasicSR log (minutes from the
+start of training, iteration, PSNR; BasicSR's repeated final validation counted once), and a run's options with
+the budget scaled by --iters (iterations, cosine period, Gumbel epoch, frequencies; a fractional freeze point
+stays a fraction), overrides applied by dotted keys, null removing a block."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+import finetune_experiment as fx  # noqa: E402
+
+LOG = """2026-12-02 05:53:21,736 INFO: 
+  name: x
+2026-12-02 05:53:23,592 INFO: Start training from epoch: 0, iter: 0
+2026-12-02 05:53:36,635 INFO: [x..][epoch:  0, iter:       1, lr:(5.000e-04,)] l_pix: 3.0e-02
+2026-12-02 05:53:43,548 INFO: [ghost offsets (dy,dx) iter 1] a=+0,+0
+2026-12-02 05:53:43,548 INFO: Validation Set5
+\t # psnr: 32.1092\tBest: 32.1092 @ 1 iter
+\t # ssim: 0.9000\tBest: 0.9000 @ 1 iter
+
+2026-12-02 05:55:23,692 INFO: [x..][epoch:  0, iter:   1,200, lr:(4.268e-04,)] l_pix: 2.9e-02
+2026-12-02 05:55:30,603 INFO: Validation Set5
+\t # psnr: 34.2172\tBest: 34.2172 @ 1200 iter
+2026-12-02 05:55:40,000 INFO: End of training. Time consumed: 0:02:16
+2026-12-02 05:55:50,000 INFO: Validation Set5
+\t # psnr: 34.2172\tBest: 34.2172 @ 1202 iter
+"""
+
+
+def test_validation_curve_from_a_basicsr_log():
+    assert fx.validation_curve(LOG) == [(0.33, 1, 32.1092), (2.12, 1200, 34.2172)]
+    assert fx.validation_curve(LOG, 'ssim') == [(0.33, 1, 0.9)]
+
+
+def test_run_options_scale_the_budget_and_apply_overrides():
+    opt = fx.run_options('learnable_s1', fx.RECIPE, {'manual_seed': 1, 'distill': None}, iters=200)
+    assert opt['name'] == 'learnable_s1' and opt['manual_seed'] == 1 and opt['distill'] is None
+    assert opt['train']['total_iter'] == 200 and opt['train']['scheduler']['periods'] == [200]
+    assert opt['val']['val_freq'] == 20 and opt['logger']['save_checkpoint_freq'] == 20
+    assert opt['ghost']['iters_per_epoch'] == 1 and opt['ghost']['freeze_offsets_at'] == 0.75
+    full = fx.run_options('learnable_s0', fx.RECIPE, {})
+    assert full['train']['total_iter'] == 2000 and full['val']['save_best'] == 'psnr'
+    assert full['ghost_init']['init_offset'] is None  # W' as the paper starts it, not pinned to "no move"
