@@ -226,18 +226,19 @@ def test_save_best_keeps_the_best_validation_checkpoint(tiny_data, tmp_path):
     first = torch.load(tmp_path / 'net_g_best.pth', weights_only=True)['params']
     with torch.no_grad():
         model.net_g.conv_first.weight.add_(1)
-    model._update_best_metric_result('tiny_val', 'psnr', 29.0, 4)  # worse: nothing written
-    model._update_best_metric_result('tiny_val', 'ssim', 0.99, 4)  # another metric: ignored
+    model._update_best_metric_result('tiny_val', 'psnr', 29.0, 3)  # worse: nothing written
+    model._update_best_metric_result('tiny_val', 'ssim', 0.99, 3)  # another metric: ignored
     assert torch.equal(torch.load(tmp_path / 'net_g_best.pth', weights_only=True)['params']['conv_first.weight'],
                        first['conv_first.weight'])
-    model._update_best_metric_result('tiny_val', 'psnr', 31.5, 6)  # better: the new weights
+    model._update_best_metric_result('tiny_val', 'psnr', 31.5, 6)  # better: the new weights; BasicSR's validation
+    # after the loop passes current_iter > total_iter (4 here): the record says the last iteration
     best = torch.load(tmp_path / 'net_g_best.pth', weights_only=True)['params']
     assert torch.equal(best['conv_first.weight'], model.net_g.conv_first.weight.detach())
     import json
     record = json.loads((tmp_path / 'best.json').read_text())
-    assert (record['dataset'], record['metric'], record['value'], record['iter']) == ('tiny_val', 'psnr', 31.5, 6)
-    model.save(epoch=0, current_iter=6)
-    assert torch.load(tmp_path / '6.state', weights_only=False)['ghost']['best']['value'] == 31.5
+    assert (record['dataset'], record['metric'], record['value'], record['iter']) == ('tiny_val', 'psnr', 31.5, 4)
+    model.save(epoch=0, current_iter=4)
+    assert torch.load(tmp_path / '4.state', weights_only=False)['ghost']['best']['value'] == 31.5
     model.opt['val']['save_best'] = 'lpips'
     with pytest.raises(ValueError, match=r'val: save_best must name a metric of val: metrics \(psnr, ssim\)'):
         _best_metric_option(model.opt)
