@@ -254,12 +254,22 @@ def _trace_roles(net, convs, example):
     }
 
 
-def _default_example(net, size):
-    first = next(iter(_convs(net).values()), None)
+def _trace_with_default_input(net, convs, size):
+    """Trace on 1 x C x size x size zeros, C the first convolution's input channels, else 3 or 1 (a network that
+    reshapes its input first, e.g. RRDBNet x2's pixel-unshuffle)."""
+    first = next(iter(convs.values()), None)
     if first is None:
-        raise ValueError(f'{type(net).__name__} has no nn.Conv2d; ghostify needs a convolutional network')
-    x = torch.zeros(1, first.in_channels, size, size, device=first.weight.device, dtype=first.weight.dtype)
-    return (x, ), {}
+        raise ValueError(f'ghostify: {type(net).__name__} has no nn.Conv2d; ghostify needs a convolutional network')
+    errors = []
+    for channels in dict.fromkeys((first.in_channels, 3, 1)):
+        x = torch.zeros(1, channels, size, size, device=first.weight.device, dtype=first.weight.dtype)
+        try:
+            return _trace_roles(net, convs, ((x, ), {}))
+        except (RuntimeError, ValueError, IndexError) as err:
+            errors.append(f'{channels} channels: {err}'.splitlines()[0])
+    raise ValueError(f'ghostify: {type(net).__name__} does not run on a {size}x{size} input of '
+                     f'{" / ".join(str(c) for c in dict.fromkeys((first.in_channels, 3, 1)))} channels '
+                     f'({"; ".join(errors)}); give example_inputs or another trace_size')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,8 +448,10 @@ def ghostify(net,
     if not inplace:
         net = copy.deepcopy(net)
     convs = _convs(net)
-    example = example_inputs if example_inputs is not None else _default_example(net, trace_size)
-    roles = _trace_roles(net, convs, example)
+    if example_inputs is not None:
+        roles = _trace_roles(net, convs, example_inputs)
+    else:
+        roles = _trace_with_default_input(net, convs, trace_size)
     included = _match(include, convs, 'include', convs)
     excluded = _match(exclude, convs, 'exclude', convs)
 
