@@ -23,11 +23,25 @@ from collections import OrderedDict
 
 
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
+from ghostsr_plugin.utils.cli import UserInputError, run_command
 
-__all__ = ['CARN_ARCHS', 'infer_carn_args', 'single_scale', 'convert_carn', 'main']
+__all__ = ['CARN_ARCHS', 'check_carn', 'infer_carn_args', 'single_scale', 'convert_carn', 'main']
 
 CARN_ARCHS = ('CARN', 'CARN_M')
 MULTI_SCALE_HEADS = {2: 'upsample.up2', 3: 'upsample.up3', 4: 'upsample.up4'}
+# a key that tells what another family's checkpoint is, for the message that refuses it
+OTHER_FAMILIES = (('SFENet1.weight', 'an RDN'), ('conv_first.weight', 'an EDSR (BasicSR)'),
+                  ('head.0.weight', 'an EDSR (EDSR-PyTorch)'))
+
+
+def check_carn(state):
+    """Raise an error unless ``state`` is a CARN-pytorch state dict, saying what it looks like instead."""
+    if 'entry.weight' in state:
+        return
+    family = next((name for key, name in OTHER_FAMILIES if key in state), None)
+    what = f'it looks like {family} checkpoint' if family else f'first keys: {", ".join(list(state)[:3])}'
+    raise UserInputError(f'not a CARN-pytorch checkpoint: no key "entry.weight" ({what}); convert reads only the '
+                         f"authors' CARN / CARN_M checkpoints")
 
 
 def infer_carn_args(state, arch):
@@ -39,8 +53,7 @@ def infer_carn_args(state, arch):
     """
     if arch not in CARN_ARCHS:
         raise ValueError(f'--arch must be one of {", ".join(CARN_ARCHS)}, got {arch!r}')
-    if 'entry.weight' not in state:
-        raise ValueError(f'not a CARN-pytorch checkpoint: no key "entry.weight" (first keys: {list(state)[:3]})')
+    check_carn(state)
     num_feat = int(state['entry.weight'].shape[0])
     args = {'num_in_ch': int(state['entry.weight'].shape[1]), 'num_out_ch': int(state['exit.weight'].shape[0])
             if 'exit.weight' in state else 3, 'num_feat': num_feat}
@@ -65,9 +78,13 @@ def single_scale(state, scale):
     """Keep only the head of ``scale`` of a multi-scale CARN state dict, renamed to the single-scale ``upsample.up``."""
     if scale not in MULTI_SCALE_HEADS:
         raise ValueError(f'--scale must be 2, 3 or 4, got {scale!r}')
+    check_carn(state)
     head = MULTI_SCALE_HEADS[scale] + '.'
     if not any(k.startswith(head) for k in state):
-        raise ValueError(f'the checkpoint has no head "{head[:-1]}": it is not a multi-scale CARN checkpoint')
+        single = 'upsample.up.body.0.weight' in state
+        raise ValueError(f'the checkpoint has no head "{head[:-1]}": '
+                         + ('it is a single-scale CARN checkpoint; convert it without --scale' if single
+                            else 'it is not a multi-scale CARN checkpoint'))
     result = OrderedDict()
     for key, value in state.items():
         if key.startswith(head):
@@ -113,17 +130,18 @@ def main(argv=None):
     parser.add_argument('--scale', type=int, default=None,
                         help='keep only the head of this scale (2, 3 or 4): a single-scale network (multi_scale: '
                         'false, upscale: SCALE); default: keep the checkpoint as it is')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     if args.arch in ('EDSR', 'GhostEDSR'):
         parser.error('BasicSR EDSR checkpoints need no conversion: they load as they are ("params" key) into EDSR, '
                      'and into GhostEDSR through `python -m ghostsr_plugin.cluster` (clustering init)')
     if args.arch not in CARN_ARCHS:
         parser.error(f'--arch must be one of {", ".join(CARN_ARCHS)}, got {args.arch!r}')
+    state = load_checkpoint(args.inp, param_key='params')
     try:
-        state = load_checkpoint(args.inp, param_key='params')
         converted, network = convert_carn(state, args.arch, args.scale)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        sys.exit(f'ghostsr_plugin.convert: {err}')
+    except ValueError as err:
+        raise UserInputError(f'{args.inp}: {err}') from err
     atomic_torch_save({'params': converted}, args.out)
     num_params = sum(v.numel() for k, v in converted.items() if 'mean.shifter' not in k)
     options = ', '.join(f'{k}: {str(v).lower() if isinstance(v, bool) else v}' for k, v in network.items())
@@ -133,4 +151,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command('ghostsr_plugin.convert', main))

@@ -45,6 +45,7 @@ from ghostsr_plugin.convert import convert_carn
 from ghostsr_plugin.evaluate import evaluate, set_pairs
 from ghostsr_plugin.prepare_data import prepare
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
+from ghostsr_plugin.utils.cli import run_command
 from ghostsr_plugin.utils.malloc import tune_malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,9 +57,8 @@ BATCH, LR_PATCH = 16, 48  # §4.1
 def check_data(data):
     missing = [p for p in NEEDED if not os.path.exists(os.path.join(data, p))]
     if missing:
-        layout = __doc__[__doc__.index('Data layout'):].strip()
-        sys.exit(f'demo: the data folder {data} lacks {", ".join(missing)}.\n{layout}\n'
-                 'Point --data at a folder laid out like this.')
+        raise FileNotFoundError(f'the data folder {data} lacks {", ".join(missing)}; point --data at a folder with '
+                                'the layout `python -m ghostsr_plugin.demo --help` shows')
 
 
 def ghost_network(scale):
@@ -177,13 +177,17 @@ def print_table(rows, sets):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='GhostSR main job: CARN_M -> GhostCARN_M on the CPU.')
+    parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.demo',
+                                     description='GhostSR main job: CARN_M -> GhostCARN_M on the CPU.',
+                                     epilog=__doc__[__doc__.index('Data layout'):],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', default=DEFAULT_DATA, help='data folder (default: ../shared/data)')
     parser.add_argument('--minutes', type=float, default=6.0, help='fine-tune budget in minutes (default 6)')
     parser.add_argument('--iters', type=int, default=None, help='fine-tune iterations (overrides --minutes)')
     parser.add_argument('--scale', type=int, default=2, choices=(2, 3, 4))
     parser.add_argument('--name', default=None, help='experiment name (default GhostCARN_M_x<scale>_demo)')
     parser.add_argument('--sets', nargs='+', default=['Set5', 'Set14'], help='test sets of the table')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     data, scale = os.path.abspath(args.data), args.scale
     name = args.name or f'GhostCARN_M_x{scale}_demo'
@@ -249,4 +253,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command('ghostsr_plugin.demo', main))

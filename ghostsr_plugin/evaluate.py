@@ -10,6 +10,12 @@ output and HR go through ``tensor2img`` (uint8), then ``calculate_psnr`` / ``cal
     python -m ghostsr_plugin.evaluate -opt options/train_GhostCARN_M_x2.yml --ckpt ghost.pth --set Set5 --scale 2
 
 A network whose ``forward`` takes ``scale`` (the multi-scale CARN / CARN_M) runs the head of ``--scale``.
+
+Every image is checked before the network runs: an unreadable image, a missing LR partner, a stray file or an
+LR whose size does not fit its HR at the scale (after the HR is cut to a multiple of the scale) is an error naming
+the file (``--skip-mismatched`` leaves mismatched pairs out instead, naming them); grey, RGBA and 16-bit images
+are read as 8-bit RGB as BasicSR reads them, said once per set. Errors are one line, exit code 2 (``--debug``:
+traceback).
 """
 import argparse
 import inspect
@@ -18,7 +24,6 @@ import os
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 
@@ -26,44 +31,98 @@ import ghostsr_plugin  # noqa: F401  (registers the archs; makes basicsr importa
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.utils.checkpoint import load_checkpoint
+from ghostsr_plugin.utils.checkpoint import atomic_write
+from ghostsr_plugin.utils.cli import UserInputError, run_command
+from ghostsr_plugin.utils.images import check_pairs, conversion_note, is_image_name, read_image
+from ghostsr_plugin.utils.network import load_weights, network_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project folder
 DEFAULT_DATA = os.path.join(ROOT, '..', 'shared', 'data', 'benchmark')
 
 
 def build_net(args):
+    """(network with ``--ckpt`` loaded strictly, in eval mode; its type) from ``-opt`` or ``--arch``."""
     if args.opt:
-        from ghostsr_plugin.utils.options import load_options
-        net_opt = dict(load_options(args.opt)[args.network_key])
+        net_opt, source = network_options(args.opt, args.network_key), f'{args.opt} {args.network_key}'
     else:
-        net_opt = {'type': args.arch, **json.loads(args.arch_args)}
+        try:
+            net_opt, source = {'type': args.arch, **json.loads(args.arch_args)}, '--arch_args'
+        except (json.JSONDecodeError, TypeError) as err:
+            raise UserInputError(f'--arch_args {args.arch_args!r} is not a JSON object of arguments ({err})')
     net_type = net_opt.pop('type')
-    net = ARCH_REGISTRY.get(net_type)(**net_opt)
-    state = load_checkpoint(args.ckpt, args.param_key)
-    net.load_state_dict(state, strict=True)
+    if net_type not in ARCH_REGISTRY:
+        raise UserInputError(f'network type {net_type!r} is not a registered architecture; allowed: '
+                             f'{", ".join(sorted(ARCH_REGISTRY._obj_map))}')
+    try:
+        net = ARCH_REGISTRY.get(net_type)(**net_opt)
+    except TypeError as err:
+        raise UserInputError(f'{source}: {net_type}: {err}') from err
+    load_weights(net, args.ckpt, args.param_key)
     return net.eval(), net_type
 
 
 def set_pairs(data_root, name, scale):
-    """[(image name, HR path, LR path)] of one benchmark set."""
-    hr_dir = os.path.join(data_root, name, 'HR')
-    lr_dir = os.path.join(data_root, name, 'LR_bicubic', f'X{scale}')
-    if not os.path.isdir(lr_dir):
-        raise FileNotFoundError(f'{lr_dir} does not exist (set {name}, scale {scale})')
+    """[(image name, HR path, LR path)] of one benchmark set; a missing folder or LR image, or a stray file in HR/
+    or in the LR folder, is an error naming it (hidden files are ignored)."""
+    set_dir = os.path.join(data_root, name)
+    if not os.path.isdir(set_dir):
+        sets = sorted(d for d in os.listdir(data_root) if os.path.isdir(os.path.join(data_root, d))) \
+            if os.path.isdir(data_root) else []
+        raise FileNotFoundError(f'set {name}: {set_dir} does not exist (sets in {data_root}: '
+                                f'{", ".join(sets) or "none"})')
+    hr_dir = os.path.join(set_dir, 'HR')
+    lr_dir = os.path.join(set_dir, 'LR_bicubic', f'X{scale}')
+    for folder in (hr_dir, lr_dir):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f'{folder} does not exist (set {name}, scale {scale}; layout: <set>/HR/<name>.png, '
+                                    f'<set>/LR_bicubic/X{scale}/<name>x{scale}.png)')
     pairs = []
-    for file in sorted(os.listdir(hr_dir)):
+    for file in _visible(hr_dir):
+        hr_path = os.path.join(hr_dir, file)
+        if not is_image_name(file) or not os.path.isfile(hr_path):
+            raise UserInputError(f'{hr_path}: stray file in the HR folder of {name} (not an image); move it out')
         stem = os.path.splitext(file)[0]
-        pairs.append((stem, os.path.join(hr_dir, file), os.path.join(lr_dir, f'{stem}x{scale}.png')))
+        lr_path = os.path.join(lr_dir, f'{stem}x{scale}.png')
+        if not os.path.isfile(lr_path):
+            raise FileNotFoundError(f'{lr_path}: missing, the LR image of {hr_path}')
+        pairs.append((stem, hr_path, lr_path))
+    if not pairs:
+        raise FileNotFoundError(f'{hr_dir} holds no images (set {name})')
+    paired = {os.path.basename(lr_path) for _, _, lr_path in pairs}
+    for file in _visible(lr_dir):
+        if file not in paired:
+            raise UserInputError(f'{os.path.join(lr_dir, file)}: stray file in the LR folder of {name} (no HR image '
+                                 f'{file.removesuffix(f"x{scale}.png")}.* in {hr_dir}); move it out')
     return pairs
 
 
-def evaluate(net, pairs, scale, device, forward_scale):
-    """Mean Y-PSNR and Y-SSIM over the pairs, plus per-image values."""
+def _visible(folder):
+    return sorted(f for f in os.listdir(folder) if not f.startswith('.'))
+
+
+def evaluate(net, pairs, scale, device, forward_scale, skip_mismatched=False, label=None, log=print):
+    """Mean Y-PSNR and Y-SSIM over the pairs, plus per-image values.
+
+    Every pair is checked first (:func:`ghostsr_plugin.utils.images.check_pairs`): an LR whose size does not fit
+    its HR at ``scale`` is an error, or with ``skip_mismatched`` left out and listed under ``'skipped'`` (and
+    logged); grey / RGBA / 16-bit images are logged once per set through ``log``. ``label`` names the set in
+    messages (default: the folder above the first HR image).
+    """
+    if label is None and pairs:
+        label = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(pairs[0][1]))))
+    checked = check_pairs(pairs, scale, label, skip_mismatched)
+    note = conversion_note(label, checked.conversions, 2 * len(pairs))
+    if note:
+        log(note)
+    if checked.skipped:
+        log(f'{label}: skipped {len(checked.skipped)} of {len(pairs)} pairs whose sizes do not fit: '
+            + '; '.join(checked.skipped))
+    if not checked.pairs:
+        raise UserInputError(f'{label}: no pair left to evaluate (all {len(pairs)} skipped)')
     psnrs, ssims, per_image = [], [], {}
-    for stem, hr_path, lr_path in pairs:
-        hr = cv2.imread(hr_path, cv2.IMREAD_COLOR)
-        lr = cv2.imread(lr_path, cv2.IMREAD_COLOR).astype(np.float32) / 255.
+    for stem, hr_path, lr_path in checked.pairs:
+        hr = read_image(hr_path)
+        lr = read_image(lr_path).astype(np.float32) / 255.
         hr = hr[:lr.shape[0] * scale, :lr.shape[1] * scale]
         lq = img2tensor(lr, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
         with torch.no_grad():
@@ -74,11 +133,14 @@ def evaluate(net, pairs, scale, device, forward_scale):
         psnrs.append(psnr)
         ssims.append(ssim)
         per_image[stem] = {'psnr': psnr, 'ssim': ssim}
-    return {'psnr': float(np.mean(psnrs)), 'ssim': float(np.mean(ssims)), 'images': per_image}
+    result = {'psnr': float(np.mean(psnrs)), 'ssim': float(np.mean(ssims)), 'images': per_image}
+    if checked.skipped:
+        result['skipped'] = checked.skipped
+    return result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.evaluate', description=__doc__.split('\n\n')[0])
     parser.add_argument('-opt', default=None, help='option file whose network section builds the network')
     parser.add_argument('--network_key', default='network_g')
     parser.add_argument('--arch', default=None, help='registered arch (instead of -opt)')
@@ -90,25 +152,30 @@ def main(argv=None):
     parser.add_argument('--data', default=DEFAULT_DATA, help='benchmark root (default ../shared/data/benchmark)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', default=None, help='write the results here')
+    parser.add_argument('--skip-mismatched', action='store_true',
+                        help='leave out (and name) LR/HR pairs whose sizes do not fit the scale, instead of stopping')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     if bool(args.opt) == bool(args.arch):
         parser.error('give either -opt or --arch')
 
+    sets = {name: set_pairs(args.data, name, args.scale) for name in args.set}  # layout errors before any work
     net, net_type = build_net(args)
     net.to(args.device)
     forward_scale = 'scale' in inspect.signature(net.forward).parameters
     results = {'arch': net_type, 'ckpt': args.ckpt, 'scale': args.scale, 'sets': {}}
-    for name in args.set:
+    for name, pairs in sets.items():
         start = time.time()
-        result = evaluate(net, set_pairs(args.data, name, args.scale), args.scale, args.device, forward_scale)
+        result = evaluate(net, pairs, args.scale, args.device, forward_scale, skip_mismatched=args.skip_mismatched,
+                          label=f'{name} x{args.scale}', log=lambda line: print(f'note: {line}', flush=True))
         results['sets'][name] = result
+        skipped = f', {len(result["skipped"])} skipped' if result.get('skipped') else ''
         print(f'{net_type} x{args.scale} {name}: Y-PSNR {result["psnr"]:.4f} dB, Y-SSIM {result["ssim"]:.4f} '
-              f'({len(result["images"])} images, {time.time() - start:.1f} s)', flush=True)
+              f'({len(result["images"])} images{skipped}, {time.time() - start:.1f} s)', flush=True)
     if args.json:
-        with open(args.json, 'w') as file:
-            json.dump(results, file, indent=1)
+        atomic_write(args.json, lambda file: json.dump(results, file, indent=1), mode='w')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command('ghostsr_plugin.evaluate', main))

@@ -2,30 +2,62 @@
 
     python -m ghostsr_plugin.train -opt options/train_GhostEDSR_x2.yml [--auto_resume] [--debug]
 
-Differences from ``python basicsr/train.py``: options are checked up front (clear errors naming the bad option),
-outputs go under the current folder rather than BasicSR's install folder, and resuming works on CPU
-(BasicSR 1.4.2 maps resume states to ``torch.cuda.current_device()``), and glibc's malloc keeps tensors in the
-heap (:mod:`ghostsr_plugin.utils.malloc`; ~27 % faster CPU training steps here).
+Differences from ``python basicsr/train.py``:
+
+* the options are checked before BasicSR makes, renames (``<name>_archived_<time>``) or writes anything
+  (:mod:`ghostsr_plugin.utils.options`: networks built, GhostSRModel blocks, data, every checkpoint the run reads
+  loaded with ``weights_only=True`` and fitted); a rejected run leaves the file system as it was, and an error is
+  one line ``ghostsr_plugin.train: error: ...`` (exit code 2) instead of a traceback after the option dump
+  (``GHOSTSR_DEBUG=1``, or BasicSR's ``--debug`` mode, shows the traceback);
+* resume states are read with ``weights_only=True``; ``--auto_resume`` skips a damaged newest state (with a warning
+  naming it) and resumes on CPU too (:mod:`ghostsr_plugin.utils.resume`);
+* at the start of an experiment, temporary files that a killed save left in its ``models/`` and
+  ``training_states/`` are removed (only the names ``.<file>.XXXXXXXX.tmp`` the plugin's atomic writes use);
+* outputs go under the current folder rather than BasicSR's install folder, and glibc's malloc keeps tensors in the
+  heap (:mod:`ghostsr_plugin.utils.malloc`; ~27 % faster CPU training steps here).
 """
 import os
 import sys
 
 import ghostsr_plugin  # noqa: F401  (registers archs and models; makes basicsr importable)
 from basicsr import train as basicsr_train
+from ghostsr_plugin.utils.checkpoint import remove_temporaries
+from ghostsr_plugin.utils.cli import run_command
 from ghostsr_plugin.utils.malloc import tune_malloc
-from ghostsr_plugin.utils.options import check_options_cli
+from ghostsr_plugin.utils.options import check_checkpoints, check_options_cli, parse_and_check
 from ghostsr_plugin.utils.resume import load_resume_state
 
+COMMAND = 'ghostsr_plugin.train'
 
-def main(root_path=None):
-    try:
-        check_options_cli()
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        sys.exit(f'ghostsr_plugin.train: {err}')
-    basicsr_train.load_resume_state = load_resume_state
+
+def main(argv=None, root_path=None):
+    """``argv``: the command line after the program name (BasicSR reads ``sys.argv``; it is set from it)."""
+    if argv is not None:
+        sys.argv[1:] = list(argv)
+    check_options_cli(COMMAND, is_train=True)
+    parse_options, load_state, nets = basicsr_train.parse_options, basicsr_train.load_resume_state, {}
+
+    def checked_parse_options(root_path, is_train=True):  # BasicSR's, then every check that reads no experiment file
+        opt, args, checked = parse_and_check(parse_options, root_path, is_train)
+        nets.update(checked)
+        return opt, args
+
+    def prepare_run(opt):  # in place of BasicSR's load_resume_state, which runs before any folder is made
+        resume_state = load_resume_state(opt)
+        check_checkpoints(opt, nets, resuming=resume_state is not None)
+        if opt['rank'] == 0:
+            for folder in (opt['path']['models'], opt['path']['training_states']):
+                for path in remove_temporaries(folder):
+                    print(f'removed {path}, left by a save that was killed', flush=True)
+        return resume_state
+
     tune_malloc()  # far fewer page faults per CPU training step (see ghostsr_plugin/utils/malloc.py)
-    basicsr_train.train_pipeline(root_path or os.getcwd())
+    basicsr_train.parse_options, basicsr_train.load_resume_state = checked_parse_options, prepare_run
+    try:
+        basicsr_train.train_pipeline(root_path or os.getcwd())
+    finally:
+        basicsr_train.parse_options, basicsr_train.load_resume_state = parse_options, load_state
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_command(COMMAND, main))

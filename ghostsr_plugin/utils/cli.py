@@ -9,15 +9,20 @@
 
 A command raises :class:`UserInputError` (or ValueError / KeyError / FileNotFoundError / NotADirectoryError /
 PermissionError / IsADirectoryError, which are taken as bad input too) with a message that names what is wrong
-and what is allowed; anything else is a bug and keeps its traceback.
+and what is allowed; a full disk (an OSError with errno ENOSPC / EDQUOT, e.g.
+:class:`ghostsr_plugin.utils.checkpoint.NoSpaceLeftError`) is one line too, exit code 1; anything else is a bug
+and keeps its traceback.
 """
+import errno
 import os
 import sys
 import traceback
 
-__all__ = ['UserInputError', 'INPUT_ERRORS', 'EXIT_BAD_INPUT', 'debug_requested', 'error_line', 'run_command']
+__all__ = ['UserInputError', 'INPUT_ERRORS', 'EXIT_BAD_INPUT', 'EXIT_FAILED', 'debug_requested', 'error_line',
+           'run_command']
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the input was fine, the machine was not (a full disk)
 
 
 class UserInputError(ValueError):
@@ -48,8 +53,16 @@ def run_command(command, main, argv=None):
     try:
         code = main(argv)
     except INPUT_ERRORS as err:
-        if debug_requested(argv):
-            traceback.print_exc()
-        print(error_line(command, err), file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return _report(command, err, argv, EXIT_BAD_INPUT)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return _report(command, err, argv, EXIT_FAILED)
     return 0 if code is None else code
+
+
+def _report(command, err, argv, code):
+    if debug_requested(argv):
+        traceback.print_exc()
+    print(error_line(command, err), file=sys.stderr, flush=True)
+    return code

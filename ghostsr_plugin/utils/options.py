@@ -1,25 +1,58 @@
-"""Up-front checks of a BasicSR option file, so a bad option fails at once with a message naming it."""
-import argparse
-import os
+"""Up-front checks of a BasicSR option file, so a bad option fails at once, with a message naming it, before
+BasicSR makes, renames (``<name>_archived_<time>``) or writes anything.
 
-import cv2
+:func:`check_parsed_options` checks what BasicSR's ``parse_options`` returns: required sections, registered model,
+networks and datasets, the networks' arguments (each ``network_*`` is built, on the meta device where the arch
+allows it), GhostSRModel's ``ghost:`` / ``ghost_init:`` / ``distill:`` blocks, the data folders, and for every
+validation / test set on disk: each image is readable, each LR fits its HR at the scale after BasicSR's modcrop
+(else an error naming the image, both sizes and the scale), and grey / RGBA / 16-bit images, which BasicSR reads
+as 8-bit RGB, are named once per set. :func:`check_checkpoints` loads (``weights_only=True``, memory-mapped) and
+fits every checkpoint the run will read: ``path: pretrain_network_*``, ``ghost_init: pretrain_path``,
+``distill: teacher_path``.
+"""
+import argparse
+import contextlib
+import io
+import os
+import sys
+
+import torch
 import yaml
 
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
+from ghostsr_plugin.utils.checkpoint import check_state_dict_fits, load_checkpoint
+from ghostsr_plugin.utils.cli import UserInputError
+from ghostsr_plugin.utils.images import IMAGE_EXTENSIONS, check_pairs, conversion_note, inspect_image, is_image_name
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+__all__ = ['IMAGE_EXTENSIONS', 'load_options', 'check_required', 'check_registered', 'check_networks',
+           'check_ghost_model_options', 'check_datasets', 'check_checkpoints', 'check_parsed_options',
+           'check_options', 'check_options_cli', 'parse_and_check']
+
 MAX_IMAGES_TO_DECODE = 500  # test/val sets are decoded up front; larger (train) sets are only listed
+REQUIRED = ('name', 'model_type', 'num_gpu', 'datasets', 'network_g', 'path')
+REQUIRED_TRAIN = ('train', 'logger')
 
 
 def load_options(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'option file not found: {path}')
     with open(path) as file:
-        opt = yaml.load(file, Loader=ordered_yaml()[0])
+        try:
+            opt = yaml.load(file, Loader=ordered_yaml()[0])
+        except yaml.YAMLError as err:
+            raise UserInputError(f'{path}: not valid YAML ({err})'.replace('\n', ' ')) from err
     if not isinstance(opt, dict):
         raise ValueError(f'{path}: not a BasicSR option file (expected a YAML mapping)')
     return opt
+
+
+def check_required(opt, is_train, source='options'):
+    needed = REQUIRED + (REQUIRED_TRAIN if is_train else ('val', ))
+    missing = [key for key in needed if opt.get(key) is None]
+    if missing:
+        raise UserInputError(f'{source}: missing {", ".join(missing)}; a BasicSR {"training" if is_train else "test"} '
+                             f'option file needs {", ".join(needed)}')
 
 
 def _allowed(registry):
@@ -38,21 +71,129 @@ def check_registered(opt):
                                  f'{_allowed(ARCH_REGISTRY)}')
 
 
-def _check_image_folder(option, folder, decode):
+def build_unloaded(net_opt, where):
+    """The network of ``net_opt`` for checks: on the meta device (no memory for weights) where the arch allows
+    it, else on the CPU (archs whose constructors check tensor values). Errors name ``where``."""
+    net_opt = dict(net_opt)
+    arch = ARCH_REGISTRY.get(net_opt.pop('type'))
+    try:
+        try:
+            with torch.device('meta'):
+                return arch(**net_opt)
+        except (RuntimeError, NotImplementedError) as err:
+            if 'meta' not in str(err):
+                raise
+        return arch(**net_opt)
+    except TypeError as err:
+        raise UserInputError(f'{where}: {err}') from err
+    except (ValueError, AssertionError, KeyError) as err:
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        raise UserInputError(message if message.startswith(f'{where}:') else f'{where}: {message}') from err
+
+
+def check_networks(opt):
+    """Build every ``network_*`` (:func:`build_unloaded`); returns {key: network}."""
+    return {key: build_unloaded(net_opt, key) for key, net_opt in opt.items() if key.startswith('network_')}
+
+
+def check_ghost_model_options(opt):
+    """The option blocks of GhostSRModel (and models derived from it): allowed keys and values, what
+    ``ghost_init`` / ``distill`` need, the distillation teacher's network. Returns the teacher (unloaded) or None."""
+    from ghostsr_plugin.models import ghostsr_model as gm
+    if not issubclass(MODEL_REGISTRY.get(opt['model_type']), gm.GhostSRModel):
+        return None
+    ghost = gm._checked_block(opt, 'ghost', gm.GHOST_OPTION_KEYS)
+    ghost_init = gm._checked_block(opt, 'ghost_init', gm.GHOST_INIT_KEYS)
+    distill = gm._checked_block(opt, 'distill', gm.DISTILL_KEYS)
+    iters = ghost.get('iters_per_epoch')
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
+        raise UserInputError(f'ghost: iters_per_epoch must be a positive integer or null (derived from the train '
+                             f'set), got {iters!r}')
+    _positive('ghost: shift_lr_mult', ghost.get('shift_lr_mult', 1))
+    if hasattr(gm, '_freeze_iteration'):  # the model's own checks of freeze_offsets_at and val: save_best
+        gm._freeze_iteration(ghost.get('freeze_offsets_at'), opt)
+    if hasattr(gm, '_best_metric_option'):
+        gm._best_metric_option(opt)
+    if ghost_init and not ghost_init.get('pretrain_path'):
+        raise UserInputError('ghost_init: pretrain_path (the pre-trained plain model to cluster) is required')
+    if not distill:
+        return None
+    _positive('distill: loss_weight', distill.get('loss_weight', 1.0))
+    if not (distill.get('teacher_path') or ghost_init.get('pretrain_path')):
+        raise UserInputError('distill: teacher_path is required (or ghost_init: pretrain_path, its default)')
+    from ghostsr_plugin.cluster import plain_twin_options
+    network = distill.get('network') or plain_twin_options(opt['network_g'])
+    if network.get('type') not in ARCH_REGISTRY:
+        raise UserInputError(f'distill: network type {network.get("type")!r} is not a registered architecture')
+    return build_unloaded(network, 'distill: network')
+
+
+def _positive(option, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserInputError(f'{option} must be a positive number, got {value!r}')
+
+
+def _check_image_folder(option, folder):
+    """The image names of a data folder; an error names a missing or empty folder."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'{option}: folder {folder} does not exist. Expected a folder of images '
                                 '(see README, "Data"; `python -m ghostsr_plugin.prepare_data` makes one)')
-    images = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    images = sorted(f for f in os.listdir(folder) if is_image_name(f))
     if not images:
         raise FileNotFoundError(f'{option}: folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
-    if decode and len(images) <= MAX_IMAGES_TO_DECODE:
-        for name in images:
-            if cv2.imread(os.path.join(folder, name), cv2.IMREAD_UNCHANGED) is None:
-                raise ValueError(f'{option}: image {os.path.join(folder, name)} cannot be read (corrupt or not an '
-                                 'image)')
+    return images
 
 
-def check_datasets(opt):
+def _read_error(option, err):
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return UserInputError(f'{option}: {message}')
+
+
+def _check_eval_set(phase, dataset_opt, scale, log):
+    """Every image of a validation / test set on disk: readable; for PairedImageDataset, each LR fits its HR at
+    ``scale`` after modcrop (the pairs BasicSR makes: folder scan or ``meta_info_file``, ``filename_tmpl``);
+    grey / RGBA / 16-bit images named once through ``log``."""
+    from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_meta_info_file
+    label = f'datasets.{phase} ({dataset_opt.get("name", phase)})'
+    gt, lq = dataset_opt.get('dataroot_gt'), dataset_opt.get('dataroot_lq')
+    folders = [root for root in (gt, lq) if root]
+    if sum(len(os.listdir(root)) for root in folders) > 2 * MAX_IMAGES_TO_DECODE:
+        return
+    if dataset_opt.get('type') == 'PairedImageDataset' and gt and lq:
+        tmpl = dataset_opt.get('filename_tmpl', '{}')
+        try:
+            if dataset_opt.get('meta_info_file'):
+                paths = paired_paths_from_meta_info_file([lq, gt], ['lq', 'gt'], dataset_opt['meta_info_file'], tmpl)
+            else:
+                paths = paired_paths_from_folder([lq, gt], ['lq', 'gt'], tmpl)
+        except (AssertionError, OSError) as err:
+            raise UserInputError(f'{label}: the LR and HR folders do not pair up: {err} (dataroot_gt {gt}, '
+                                 f'dataroot_lq {lq}, filename_tmpl {tmpl!r})') from err
+        pairs = [(os.path.basename(p['gt_path']), p['gt_path'], p['lq_path']) for p in paths]
+        try:
+            checked = check_pairs(pairs, scale, label)
+        except (ValueError, FileNotFoundError) as err:
+            raise _read_error(label, err) if not str(err).startswith(label) else err
+        conversions, total = checked.conversions, 2 * len(pairs)
+    else:
+        conversions, total = {}, 0
+        for root in folders:
+            for name in sorted(os.listdir(root)):
+                try:
+                    info = inspect_image(os.path.join(root, name))
+                except (ValueError, FileNotFoundError) as err:
+                    raise _read_error(label, err) from err
+                total += 1
+                if info.conversion:
+                    conversions.setdefault(info.conversion, []).append(name)
+    note = conversion_note(label, conversions, total)
+    if note:
+        log(note)
+
+
+def check_datasets(opt, log=print):
+    """Registered dataset types, data folders (disk: images there; LMDB: data.mdb), and every validation / test
+    set on disk image by image (:func:`_check_eval_set`)."""
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         dataset_type = dataset_opt.get('type')
         if dataset_type not in DATASET_REGISTRY._obj_map:
@@ -69,24 +210,86 @@ def check_datasets(opt):
                     raise FileNotFoundError(f'{option}: {root} is not an LMDB folder (no data.mdb); make one with '
                                             '`python -m ghostsr_plugin.prepare_data --lmdb`')
             elif backend == 'disk':
-                _check_image_folder(option, root, decode=phase != 'train')
+                _check_image_folder(option, root)
             else:
                 raise ValueError(f'datasets.{phase}.io_backend.type: "{backend}" is not supported; allowed: disk, lmdb')
+        if backend == 'disk' and phase.split('_')[0] != 'train':
+            scale = dataset_opt.get('scale', opt.get('scale'))
+            if not isinstance(scale, int) or scale < 1:
+                raise UserInputError(f'scale: must be a positive integer (the SR factor), got {scale!r}')
+            _check_eval_set(phase, dataset_opt, scale, log)
 
 
-def check_options(path):
-    """Load the option file at ``path`` and check registrations and data folders. Returns the options."""
-    opt = load_options(path)
+def check_checkpoints(opt, nets=None, resuming=False):
+    """Load every checkpoint the run reads (``weights_only=True``, memory-mapped) and check that it fits:
+    ``path: pretrain_network_*`` (strict ones against their network), ``ghost_init: pretrain_path`` (against the
+    plain twin of network_g; not when ``resuming``), ``distill: teacher_path`` (against the teacher)."""
+    from ghostsr_plugin.cluster import check_plain_state_dict
+    nets = check_networks(opt) if nets is None else nets
+    path_opt = opt.get('path') or {}
+    for key, net in nets.items():
+        if not key.startswith('network_'):
+            continue
+        label = key.removeprefix('network_')
+        ckpt = path_opt.get(f'pretrain_network_{label}')
+        if ckpt:
+            state = load_checkpoint(ckpt, path_opt.get(f'param_key_{label}', 'params'), mmap=True)
+            if path_opt.get(f'strict_load_{label}', True):
+                check_state_dict_fits(net, state, ckpt)
+    teacher = nets.get('teacher') if 'teacher' in nets else check_ghost_model_options(opt)
+    init = opt.get('ghost_init') or {}
+    if init and not resuming and 'network_g' in nets:
+        path = init['pretrain_path']
+        try:
+            check_plain_state_dict(nets['network_g'], load_checkpoint(path, init.get('param_key', 'params'), mmap=True))
+        except ValueError as err:
+            raise UserInputError(f'ghost_init: pretrain_path {path}: {err}' if path not in str(err) else str(err))
+    if teacher is not None:
+        distill = opt['distill']
+        path = distill.get('teacher_path') or init.get('pretrain_path')
+        param_key = distill.get('param_key', init.get('param_key', 'params'))
+        check_state_dict_fits(teacher, load_checkpoint(path, param_key, mmap=True), path)
+
+
+def check_parsed_options(opt, is_train, log=print):
+    """Everything but the checkpoints (:func:`check_checkpoints`), on options as BasicSR's ``parse_options``
+    returns them (or as read from the file). Returns {network key: unloaded network, 'teacher': ... or None}."""
+    check_required(opt, is_train)
     check_registered(opt)
-    check_datasets(opt)
+    nets = check_networks(opt)
+    nets['teacher'] = check_ghost_model_options(opt)
+    check_datasets(opt, log)
+    return nets
+
+
+def check_options(path, is_train=True, log=print):
+    """Load the option file at ``path`` and check it all (:func:`check_parsed_options`, and the checkpoints).
+    Returns the options."""
+    opt = load_options(path)
+    nets = check_parsed_options(opt, is_train, log)
+    check_checkpoints(opt, nets)
     return opt
 
 
-def check_options_cli():
-    """Check the ``-opt`` file given on the command line (BasicSR parses the rest itself)."""
+def check_options_cli(command='ghostsr_plugin.train', is_train=True, argv=None):
+    """The ``-opt`` file given on the command line exists, is a YAML mapping and has the sections BasicSR's
+    ``parse_options`` reads (it parses the rest, then :func:`check_parsed_options` checks it). Returns its path."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-opt', type=str)
-    args, _ = parser.parse_known_args()
+    args, _ = parser.parse_known_args(argv)
     if args.opt is None:
-        raise SystemExit('usage: python -m ghostsr_plugin.train -opt <option file.yml> [--auto_resume] [--debug]')
-    return check_options(args.opt)
+        raise UserInputError(f'usage: python -m {command} -opt <option file.yml>'
+                             + (' [--auto_resume]' if is_train else '') + ' [--debug]')
+    check_required(load_options(args.opt), is_train, args.opt)
+    return args.opt
+
+
+def parse_and_check(parse_options, root_path, is_train):
+    """BasicSR's ``parse_options`` (what it prints held back until the checks pass), then
+    :func:`check_parsed_options`, notes printed on rank 0. Returns (opt, args, networks)."""
+    with contextlib.redirect_stdout(io.StringIO()) as held:
+        opt, args = parse_options(root_path, is_train)
+    log = (lambda line: print(f'note: {line}', flush=True)) if opt.get('rank', 0) == 0 else (lambda line: None)
+    nets = check_parsed_options(opt, is_train, log)
+    sys.stdout.write(held.getvalue())
+    return opt, args, nets
