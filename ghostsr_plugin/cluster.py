@@ -213,7 +213,8 @@ def _default_trace_calls(net):
     first_conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is None:
         raise ValueError(f'{type(net).__name__} has no convolution')
-    x = torch.zeros(1, first_conv.in_channels, 8, 8, device=first_conv.weight.device, dtype=first_conv.weight.dtype)
+    channels = getattr(net, 'ghost_trace_channels', None) or first_conv.in_channels  # as ghostify traced it
+    x = torch.zeros(1, channels, 8, 8, device=first_conv.weight.device, dtype=first_conv.weight.dtype)
     return [((x, ), {})]
 
 

@@ -264,7 +264,7 @@ def _trace_with_default_input(net, convs, size):
     for channels in dict.fromkeys((first.in_channels, 3, 1)):
         x = torch.zeros(1, channels, size, size, device=first.weight.device, dtype=first.weight.dtype)
         try:
-            return _trace_roles(net, convs, ((x, ), {}))
+            return _trace_roles(net, convs, ((x, ), {})), channels
         except (RuntimeError, ValueError, IndexError) as err:
             errors.append(f'{channels} channels: {err}'.splitlines()[0])
     raise ValueError(f'ghostify: {type(net).__name__} does not run on a {size}x{size} input of '
@@ -451,7 +451,7 @@ def ghostify(net,
     if example_inputs is not None:
         roles = _trace_roles(net, convs, example_inputs)
     else:
-        roles = _trace_with_default_input(net, convs, trace_size)
+        roles, net.ghost_trace_channels = _trace_with_default_input(net, convs, trace_size)  # cluster's trace too
     included = _match(include, convs, 'include', convs)
     excluded = _match(exclude, convs, 'exclude', convs)
 

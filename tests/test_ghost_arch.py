@@ -1,0 +1,129 @@
+"""``type: Ghost`` over BasicSR 1.4.2's SR archs and the plugin's own (tiny configs): each builds, clusters from a
+randomly initialised plain twin (ghost_init:) and runs a GhostSRModel training step with the plain twin as teacher
+(distill:); ECBSR (re-parameterised in eval) is refused by name. spandrel checkpoints (random init, saved to files)
+go through ``python -m ghostsr_plugin.ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed
+options load, with the right output size; SPAN and unidentifiable files are one clear error."""
+import pytest
+import torch
+import yaml
+
+import ghostsr_plugin  # noqa: F401
+from basicsr.archs import build_network
+from ghostsr_plugin.cluster import plain_twin_options
+from ghostsr_plugin.ops import ghost_layers
+
+# (plain options at scale 2, number of ghosted layers)
+BASICSR_ARCHS = {
+    'EDSR': ({'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2}, 3),
+    'MSRResNet': ({'type': 'MSRResNet', 'num_feat': 8, 'num_block': 1, 'upscale': 2}, 3),
+    'RRDBNet': ({'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'scale': 2, 'num_feat': 8, 'num_block': 1,
+                 'num_grow_ch': 4}, 18),
+    'RCAN': ({'type': 'RCAN', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_group': 1, 'num_block': 1,
+              'squeeze_factor': 2, 'upscale': 2}, 4),
+    'SRVGGNetCompact': ({'type': 'SRVGGNetCompact', 'num_feat': 8, 'num_conv': 2, 'upscale': 2}, 2),
+    'SwinIR': ({'type': 'SwinIR', 'upscale': 2, 'img_size': 16, 'embed_dim': 12, 'depths': [1], 'num_heads': [2],
+                'window_size': 4, 'mlp_ratio': 2, 'upsampler': 'pixelshuffle'}, 3),
+    'RDN': ({'type': 'RDN', 'num_feat': 8, 'num_block': 1, 'num_layer': 2, 'num_grow_ch': 8, 'upscale': 2}, 4),
+    'CARN': ({'type': 'CARN', 'num_feat': 8, 'upscale': 2}, 18),
+    'CARN_M': ({'type': 'CARN_M', 'num_feat': 8, 'upscale': 2}, 6),
+}
+
+
+@pytest.mark.parametrize('arch', BASICSR_ARCHS)
+def test_basicsr_arch_clusters_and_trains_under_ghostsr_model(arch, tiny_data, tmp_path):
+    from basicsr.models import build_model
+    from conftest import train_options
+    plain_opt, num_ghost = BASICSR_ARCHS[arch]
+    ghost_opt = {'type': 'Ghost', 'network': plain_opt, 'shift_mode': 'learnable'}
+    assert plain_twin_options(ghost_opt) == plain_opt
+    torch.manual_seed(0)
+    plain_path = str(tmp_path / 'plain.pth')
+    torch.save({'params': build_network(plain_opt).state_dict()}, plain_path)
+    opt = train_options(f'ghost_{arch}', ghost_opt, tiny_data)
+    opt['ghost_init'] = {'pretrain_path': plain_path, 'n_init': 1, 'init_offset': 'centre'}
+    opt['distill'] = {'loss_weight': 1.0}
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(models=str(tmp_path), training_states=str(tmp_path), experiments_root=str(tmp_path))
+    model = build_model(opt)
+    assert len(ghost_layers(model.net_g)) == num_ghost
+    assert type(model.teacher).__name__ == type(model.net_g).__name__  # the plain network itself
+    model.feed_data({'lq': torch.rand(2, 3, 8, 8), 'gt': torch.rand(2, 3, 16, 16)})
+    before = [p.detach().clone() for p in model.net_g.parameters()]
+    model.optimize_parameters(1)
+    assert torch.isfinite(torch.tensor(model.log_dict['l_pix'])) and 'l_distill' in model.log_dict
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
+    model.net_g.eval()
+    with torch.no_grad():
+        assert model.net_g(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
+
+
+def test_ecbsr_is_refused_with_the_reason():
+    opt = {'type': 'ECBSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_block': 1, 'num_channel': 8, 'with_idt': False,
+           'act_type': 'prelu', 'scale': 2}
+    with pytest.raises(ValueError, match='no convolution to ghost.*outside its own forward'):
+        build_network({'type': 'Ghost', 'network': opt})
+
+
+def test_ghost_options_are_checked():
+    with pytest.raises(ValueError, match='needs network:'):
+        build_network({'type': 'Ghost', 'network': 'EDSR'})
+    with pytest.raises(ValueError, match='cannot wrap another Ghost'):
+        build_network({'type': 'Ghost', 'network': {'type': 'Ghost'}})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# spandrel checkpoints through the command
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def spandrel_nets():
+    pytest.importorskip('spandrel')
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+    from spandrel.architectures.RCAN import RCAN
+    from spandrel.architectures.SwinIR import SwinIR
+    return {
+        'ESRGAN': lambda: ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2),
+        'Compact': lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2),
+        'RCAN': lambda: RCAN(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2, scale=2),
+        'SwinIR': lambda: SwinIR(img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4, upscale=2,
+                                 upsampler='pixelshuffle'),
+    }
+
+
+@pytest.mark.parametrize('arch', ['ESRGAN', 'Compact', 'RCAN', 'SwinIR'])
+def test_spandrel_checkpoint_to_ghost_checkpoint(arch, tmp_path, capsys):
+    from ghostsr_plugin.ghostify import main as command_main
+    from ghostsr_plugin.utils.network import load_network
+    torch.manual_seed(0)
+    plain = spandrel_nets()[arch]().eval()
+    torch.save(plain.state_dict(), tmp_path / 'plain.pth')
+    out, opt_out = str(tmp_path / 'ghost.pth'), str(tmp_path / 'ghost.yml')
+    assert command_main(['--model', str(tmp_path / 'plain.pth'), '--out', out, '--opt_out', opt_out, '--n_init', '1',
+                         '--init_offset', 'centre', '--no_progress']) == 0
+    printed = capsys.readouterr().out
+    assert 'type: Ghost' in printed and 'type: SpandrelNet' in printed
+    net = load_network(opt_out, out)  # the written options build the network, the checkpoint loads strictly
+    assert ghost_layers(net)
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in plain.parameters())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == plain(x).shape == (1, 3, 32, 32)
+    assert yaml.safe_load(open(opt_out))['network_g']['network']['arch'] == arch
+
+
+def test_spandrel_bad_inputs_are_one_error(tmp_path, capsys):
+    pytest.importorskip('spandrel')
+    from spandrel.architectures.SPAN import SPAN
+    from ghostsr_plugin.ghostify import main
+    from ghostsr_plugin.utils.cli import run_command
+    torch.save(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict(), tmp_path / 'span.pth')
+    torch.save({'foo.weight': torch.zeros(2, 2)}, tmp_path / 'unknown.pth')
+    out = str(tmp_path / 'ghost.pth')
+    assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'span.pth'), '--out', out]) == 2
+    assert 'SPAN has no convolution to ghost' in capsys.readouterr().err
+    assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'unknown.pth'), '--out', out]) == 2
+    err = capsys.readouterr().err
+    assert 'unknown.pth: spandrel 0.4.2 cannot identify the architecture' in err and 'ESRGAN' in err
+    assert not (tmp_path / 'ghost.pth').exists()
