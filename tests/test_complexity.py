@@ -32,8 +32,15 @@ def edsr_macs_by_hand(ghost_share):
 @pytest.mark.parametrize('cls, ghost_share', [(EDSR, 0), (GhostEDSR, 0.5)])
 def test_edsr_and_ghost_edsr_macs_match_the_count_by_hand(cls, ghost_share):
     net = cls(num_in_ch=3, num_out_ch=3, num_feat=F, num_block=BLOCKS, upscale=2)
-    assert count_macs(net, (1, 3, H, W)) == edsr_macs_by_hand(ghost_share)
+    assert count_macs(net, (1, 3, H, W), cpu_fallback=False) == edsr_macs_by_hand(ghost_share)  # on meta
     assert count_macs(net, (1, 3, H, W), device='cpu') == edsr_macs_by_hand(ghost_share)  # meta == a real run
+
+
+def test_the_count_leaves_the_network_as_it_was():
+    net = GhostEDSR(3, 3, num_feat=F, num_block=BLOCKS, upscale=2)
+    count_macs(net, (1, 3, H, W))
+    assert all(not m.offset_frozen for m in net.modules() if hasattr(m, 'offset_frozen'))
+    assert next(net.parameters()).device.type == 'cpu'
 
 
 def test_ghost_edsr_saves_half_the_body_macs():

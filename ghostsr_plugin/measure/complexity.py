@@ -5,6 +5,7 @@ move is a data movement and counts zero (the compiled op has no FLOP formula; th
 """
 import copy
 import inspect
+import warnings
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,18 +28,24 @@ def forward_kwargs(net, scale=None):
     return {}
 
 
-def count_macs(net, input_size=(1, 3, 512, 512), scale=None, device='meta'):
+def count_macs(net, input_size=(1, 3, 512, 512), scale=None, device='meta', cpu_fallback=True):
     """Multiply-adds of one forward of ``net`` (eval mode, hard offsets) on an input of ``input_size``.
 
-    By default the count runs on the ``meta`` device (no memory, no compute) on a deep copy of ``net``; a network
-    that cannot run there is counted on the CPU.
+    By default the count runs on the ``meta`` device (no memory, no compute) on a deep copy of ``net`` whose ghost
+    layers have their offsets fixed first at argmax W' (what eval mode picks; a meta tensor has no value to pick
+    from); a network that cannot run there is counted on the CPU (unless ``cpu_fallback`` is False).
     """
-    probe = copy.deepcopy(net).to(device).eval()
+    from ghostsr_plugin.ops.ghost_conv import ghost_layers
+    probe = copy.deepcopy(net).eval()
+    for layer in ghost_layers(probe):
+        layer.freeze_offset()
+    probe = probe.to(device)
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*no kernel for meta tensors')  # the reference runs instead
             probe(torch.zeros(input_size, device=device), **forward_kwargs(probe, scale))
     except (NotImplementedError, RuntimeError):
-        if device == 'cpu':
+        if device == 'cpu' or not cpu_fallback:
             raise
         return count_macs(net, input_size, scale, device='cpu')
     return counter.get_total_flops() // 2
