@@ -29,8 +29,9 @@ def main(argv=None, root_path=None):
     parse_options = basicsr_test.parse_options
 
     def checked_parse_options(root_path, is_train=False):  # BasicSR's, then every check, before results/ is made
-        opt, args, nets = parse_and_check(parse_options, root_path, is_train)
+        opt, args, nets, printed = parse_and_check(parse_options, root_path, is_train)
         check_checkpoints(opt, nets)
+        print(printed, end='', flush=True)
         return opt, args
 
     tune_malloc()  # see ghostsr_plugin/utils/malloc.py

@@ -35,16 +35,16 @@ def main(argv=None, root_path=None):
     if argv is not None:
         sys.argv[1:] = list(argv)
     check_options_cli(COMMAND, is_train=True)
-    parse_options, load_state, nets = basicsr_train.parse_options, basicsr_train.load_resume_state, {}
+    parse_options, load_state, checked = basicsr_train.parse_options, basicsr_train.load_resume_state, {}
 
     def checked_parse_options(root_path, is_train=True):  # BasicSR's, then every check that reads no experiment file
-        opt, args, checked = parse_and_check(parse_options, root_path, is_train)
-        nets.update(checked)
+        opt, args, checked['nets'], checked['printed'] = parse_and_check(parse_options, root_path, is_train)
         return opt, args
 
     def prepare_run(opt):  # in place of BasicSR's load_resume_state, which runs before any folder is made
         resume_state = load_resume_state(opt)
-        check_checkpoints(opt, nets, resuming=resume_state is not None)
+        check_checkpoints(opt, checked['nets'], resuming=resume_state is not None)
+        print(checked['printed'], end='', flush=True)
         if opt['rank'] == 0:
             for folder in (opt['path']['models'], opt['path']['training_states']):
                 for path in remove_temporaries(folder):

@@ -1,4 +1,5 @@
-"""Conversion of the authors' CARN-pytorch checkpoints (ghostsr_plugin.convert): exact, strict, atomic."""
+"""Conversion of the authors' CARN-pytorch checkpoints (ghostsr_plugin.convert): exact, strict, atomic; a checkpoint
+of another family (RDN, EDSR) or a single-scale one given --scale is refused saying what it is, in one line, exit 2."""
 import os
 from collections import OrderedDict
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 import ghostsr_plugin  # noqa: F401  (registration)
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin import convert
+from ghostsr_plugin.utils.cli import run_command
 
 CARN_M_WEIGHTS = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'weights', 'carn_m.pth')
 MEAN = (0.4488, 0.4371, 0.4040)
@@ -136,23 +138,51 @@ def test_real_carn_m(tmp_path):
             assert torch.equal(net(x, scale=scale), functional_carn(state, x, scale, True))
 
 
+def _convert(argv):
+    """The command as a user runs it: (exit code, stderr lines) through run_command."""
+    return run_command('ghostsr_plugin.convert', convert.main, [str(a) for a in argv])
+
+
 def test_errors_name_the_key(tmp_path, capsys):
     carn_m = authors_state_dict(True, 16, prefix='')
     torch.save(carn_m, tmp_path / 'carn_m.pth')
-    with pytest.raises(SystemExit, match=r'"b1\.b1\.body\.0\.weight" has shape \(16, 4, 3, 3\).*\(16, 16, 3, 3\)'):
+    with pytest.raises(ValueError, match=r'"b1\.b1\.body\.0\.weight" has shape \(16, 4, 3, 3\).*\(16, 16, 3, 3\)'):
         convert.main(['--arch', 'CARN', '--in', str(tmp_path / 'carn_m.pth'), '--out', str(tmp_path / 'x.pth')])
     truncated = OrderedDict((k, v) for k, v in carn_m.items() if not k.startswith('b2.c2'))
     torch.save(truncated, tmp_path / 'truncated.pth')
-    with pytest.raises(SystemExit, match=r'"b2\.c2\.body\.0\.weight" is missing'):
+    with pytest.raises(ValueError, match=r'"b2\.c2\.body\.0\.weight" is missing'):
         convert.main(['--arch', 'CARN_M', '--in', str(tmp_path / 'truncated.pth'), '--out', str(tmp_path / 'x.pth')])
     extra = OrderedDict(carn_m, **{'b1.extra.weight': torch.zeros(1)})
     torch.save(extra, tmp_path / 'extra.pth')
-    with pytest.raises(SystemExit, match=r'unexpected key "b1\.extra\.weight"'):
+    with pytest.raises(ValueError, match=r'unexpected key "b1\.extra\.weight"'):
         convert.main(['--arch', 'CARN_M', '--in', str(tmp_path / 'extra.pth'), '--out', str(tmp_path / 'x.pth')])
-    with pytest.raises(SystemExit, match='scale must be 2, 3 or 4'):
+    with pytest.raises(ValueError, match='scale must be 2, 3 or 4'):
         convert.main(['--arch', 'CARN_M', '--in', str(tmp_path / 'carn_m.pth'), '--out', str(tmp_path / 'x.pth'),
                       '--scale', '8'])
     with pytest.raises(SystemExit):
         convert.main(['--arch', 'EDSR', '--in', str(tmp_path / 'carn_m.pth'), '--out', str(tmp_path / 'x.pth')])
     assert 'EDSR checkpoints need no conversion' in capsys.readouterr().err
     assert not (tmp_path / 'x.pth').exists()
+
+
+@pytest.mark.parametrize('family,state,message', [
+    ('RDN', {'SFENet1.weight': torch.zeros(8, 3, 3, 3), 'SFENet1.bias': torch.zeros(8)}, 'it looks like an RDN checkpoint'),
+    ('EDSR', {'conv_first.weight': torch.zeros(8, 3, 3, 3)}, 'it looks like an EDSR (BasicSR) checkpoint'),
+])
+@pytest.mark.parametrize('scale', [None, 2])
+def test_other_families_are_named(family, state, message, scale, tmp_path, capsys):
+    """Before: `convert --arch CARN_M --in rdn.pth --scale 2` said "not a multi-scale CARN checkpoint"."""
+    torch.save({'params': state}, tmp_path / 'other.pth')
+    argv = ['--arch', 'CARN_M', '--in', tmp_path / 'other.pth', '--out', tmp_path / 'x.pth']
+    assert _convert(argv + (['--scale', scale] if scale else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'ghostsr_plugin.convert: error: {tmp_path / "other.pth"}: not a '
+                                               'CARN-pytorch checkpoint') and message in err[0], err
+    assert not (tmp_path / 'x.pth').exists()
+
+
+def test_single_scale_checkpoint_with_scale(tmp_path, capsys):
+    single = convert.single_scale(authors_state_dict(True, 16, prefix=''), 2)
+    torch.save(single, tmp_path / 'single.pth')
+    assert _convert(['--arch', 'CARN_M', '--in', tmp_path / 'single.pth', '--out', tmp_path / 'x.pth', '--scale', 2]) == 2
+    assert 'it is a single-scale CARN checkpoint; convert it without --scale' in capsys.readouterr().err

@@ -137,8 +137,10 @@ def test_bad_options_fail_clearly(change, message, tiny_data, tmp_path):
             target = target[part]
         target[leaf] = value
     proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path)], cwd=tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('ghostsr_plugin.train: error: ') and len(proc.stderr.splitlines()) == 1
     assert message in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / 'experiments').exists() and 'Rename it to' not in proc.stdout
 
 
 def test_unreadable_validation_image(tiny_data, tmp_path):
@@ -148,8 +150,9 @@ def test_unreadable_validation_image(tiny_data, tmp_path):
     opt = train_options('broken', dict(TINY_NETS['GhostEDSR']), tiny_data)
     opt['datasets']['val']['dataroot_gt'] = str(broken)
     proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path)], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert f'image {broken / "img0.png"} cannot be read' in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert f'{broken / "img0.png"}: not a readable PNG image' in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / 'experiments').exists()
 
 
 def test_checkpoint_that_does_not_fit(tiny_data, tmp_path):

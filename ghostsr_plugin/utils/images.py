@@ -99,5 +99,5 @@ def conversion_note(label, conversions, total):
     if not conversions:
         return None
     count = sum(len(names) for names in conversions.values())
-    kinds = '; '.join(f'{kind}: {", ".join(names)}' for kind, names in conversions.items())
+    kinds = '; '.join(f'{kind}: {", ".join(sorted(names))}' for kind, names in sorted(conversions.items()))
     return f'{label}: {count} of {total} image files converted to 8-bit RGB as BasicSR reads them ({kinds})'

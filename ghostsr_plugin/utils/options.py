@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 
 import torch
 import yaml
@@ -285,11 +284,10 @@ def check_options_cli(command='ghostsr_plugin.train', is_train=True, argv=None):
 
 
 def parse_and_check(parse_options, root_path, is_train):
-    """BasicSR's ``parse_options`` (what it prints held back until the checks pass), then
-    :func:`check_parsed_options`, notes printed on rank 0. Returns (opt, args, networks)."""
+    """BasicSR's ``parse_options``, then :func:`check_parsed_options` (notes printed on rank 0). Returns (opt, args,
+    networks, what ``parse_options`` printed): the caller prints that once all its checks passed, so that a rejected
+    run prints only its error."""
     with contextlib.redirect_stdout(io.StringIO()) as held:
         opt, args = parse_options(root_path, is_train)
     log = (lambda line: print(f'note: {line}', flush=True)) if opt.get('rank', 0) == 0 else (lambda line: None)
-    nets = check_parsed_options(opt, is_train, log)
-    sys.stdout.write(held.getvalue())
-    return opt, args, nets
+    return opt, args, check_parsed_options(opt, is_train, log), held.getvalue()
