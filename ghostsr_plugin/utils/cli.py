@@ -42,8 +42,8 @@ def debug_requested(argv=None):
 def error_line(command, err):
     """``<command>: error: <message>`` for an exception (KeyError's quotes removed)."""
     message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(message):
-        message = f'{err.filename}: {err.strerror or message}'
+    if isinstance(err, OSError) and err.filename and err.strerror:  # '[Errno 2] No such file...: 'x'' -> 'x: No such...'
+        message = f'{err.filename}: {err.strerror}'
     return f'{command}: error: {message}'
 
 
