@@ -13,12 +13,9 @@ from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.measure.complexity import count_macs, count_params, forward_kwargs
 from ghostsr_plugin.ops import backend
 from ghostsr_plugin.ops.shift import default_index, ghost_shift_reference, shift_to_offset
+from tiny_options_helpers import conv_macs
 
 F, BLOCKS, H, W = 8, 2, 12, 16  # tiny EDSR x2: num_feat 8, 2 residual blocks, a 12x16 LR input
-
-
-def conv_macs(h, w, c_in, c_out, k=3, groups=1):
-    return h * w * c_out * (c_in // groups) * k * k
 
 
 def edsr_macs_by_hand(ghost_share):

@@ -1,5 +1,5 @@
-"""Helpers shared by the report and upscale tests: option files and checkpoints of tiny EDSR / GhostEDSR networks,
-and a tiny benchmark set in the EDSR layout."""
+"""Helpers shared by the complexity, report and upscale tests: multiply-adds of a conv by hand, option files and
+checkpoints of tiny EDSR / GhostEDSR networks, and a tiny benchmark set in the EDSR layout."""
 import cv2
 import numpy as np
 import torch
@@ -9,6 +9,11 @@ import ghostsr_plugin  # noqa: F401  (registration; makes basicsr importable)
 from basicsr.archs import build_network
 
 TINY = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1)
+
+
+def conv_macs(h, w, c_in, c_out, k=3, groups=1):
+    """Multiply-adds of a k x k conv with an h x w output (bias adds not counted, as FlopCounterMode does)."""
+    return h * w * c_out * (c_in // groups) * k * k
 
 
 def tiny_option_file(folder, net_type='GhostEDSR', scale=2, ckpt=True, seed=0, **extra):
