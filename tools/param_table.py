@@ -1,7 +1,8 @@
 """Print a markdown table of the parameters (M) of every plain and Ghost network at x2/x3/x4 next to the
-paper's Table 1 (Nie et al., GhostSR).
+paper's Table 1 (Nie et al., GhostSR); with ``--generic``, the tables of ``ghostify`` (``type: Ghost``) over BasicSR's
+SR archs (params and FLOPs before / after) and over spandrel's architectures (which work, params before / after).
 
-    .venv/bin/python tools/param_table.py
+    .venv/bin/python tools/param_table.py [--generic]
 
 Counts are of ``net.parameters()`` as built by the archs (Ghost nets at λ=0.5, d=1, learnable shift, so each
 ghost layer adds its 9 logits W'; CARN's frozen mean shifters count too, as in the authors' checkpoints).
@@ -35,7 +36,101 @@ def count(arch, scale, kwargs):
     return sum(p.numel() for p in net.parameters()) / 1e6
 
 
+# ghostify over BasicSR 1.4.2's SR archs and the plugin's, standard x4 configurations (plain options)
+BASICSR_X4 = [
+    ('EDSR-baseline', {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_block': 16, 'upscale': 4}),
+    ('EDSR-L', {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 256, 'num_block': 32, 'upscale': 4,
+                'res_scale': 0.1}),
+    ('MSRResNet', {'type': 'MSRResNet', 'num_feat': 64, 'num_block': 16, 'upscale': 4}),
+    ('RRDBNet (ESRGAN)', {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_block': 23,
+                          'num_grow_ch': 32, 'scale': 4}),
+    ('RCAN', {'type': 'RCAN', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_group': 10, 'num_block': 20,
+              'squeeze_factor': 16, 'upscale': 4}),
+    ('SRVGGNetCompact', {'type': 'SRVGGNetCompact', 'num_feat': 64, 'num_conv': 16, 'upscale': 4, 'act_type': 'prelu'}),
+    ('SwinIR-M (classical)', {'type': 'SwinIR', 'upscale': 4, 'img_size': 48, 'window_size': 8, 'img_range': 1.,
+                              'depths': [6] * 6, 'embed_dim': 180, 'num_heads': [6] * 6, 'mlp_ratio': 2,
+                              'upsampler': 'pixelshuffle', 'resi_connection': '1conv'}),
+    ('ECBSR-M16C64', {'type': 'ECBSR', 'num_in_ch': 1, 'num_out_ch': 1, 'num_block': 16, 'num_channel': 64,
+                      'with_idt': False, 'act_type': 'prelu', 'scale': 4}),
+    ('RDN', {'type': 'RDN', 'upscale': 4}),
+    ('CARN', {'type': 'CARN', 'upscale': 4}),
+    ('CARN_M', {'type': 'CARN_M', 'upscale': 4}),
+]
+# spandrel architectures, built with their default hyperparameters
+SPANDREL = ['ESRGAN', 'Compact', 'SPAN', 'RCAN', 'SwinIR', 'OmniSR', 'PLKSR', 'RealPLKSR', 'SAFMN', 'DITN', 'Swin2SR',
+            'HAT', 'DAT', 'SwiftSRGAN', 'RealCUGAN', 'MoSR', 'ATD', 'DRCT']
+
+
+def _short_error(err):
+    """The reasons of a "no convolution to ghost" error, else the first line of the message."""
+    text = str(err)
+    text = text.split('; here: ', 1)[1] if '; here: ' in text else text.splitlines()[0]
+    return text if len(text) < 200 else text[:197] + '...'
+
+
+def generic_tables(size=512):
+    import warnings
+    import torch
+    from basicsr.archs import build_network
+    from ghostsr_plugin.compress.ghostify import ghostify
+    from ghostsr_plugin.measure.complexity import count_macs, count_params
+    warnings.simplefilter('ignore')
+    print(f'| arch (x4) | ghosted / convs | params plain (M) | params Ghost (M) | GMACs plain | GMACs Ghost |')
+    print('|---|---|---|---|---|---|')
+    for label, opt in BASICSR_X4:
+        torch.manual_seed(0)
+        plain = build_network(dict(opt))
+        channels = 1 if opt['type'] == 'ECBSR' else 3
+        try:
+            ghost = ghostify(plain, trace_size=16)
+        except ValueError as err:
+            print(f'| {label} | 0 (not supported: {_short_error(err)}) | {count_params(plain) / 1e6:.3f} | - | - | - |')
+            continue
+        report = ghost.ghostify_report
+        macs = [count_macs(n, (1, channels, size, size)) / 1e9 for n in (plain, ghost)]
+        print(f'| {label} | {sum(e["ghosted"] for e in report.values())} / {len(report)} | '
+              f'{count_params(plain) / 1e6:.3f} | {count_params(ghost) / 1e6:.3f} | {macs[0]:.1f} | {macs[1]:.1f} |')
+    print(f'\n(GMACs: multiply-adds of one forward on a 1x{channels}x{size}x{size} LR input, FlopCounterMode)\n')
+    import importlib
+    import inspect
+    from spandrel import MAIN_REGISTRY
+    from torch import nn
+    print('| spandrel arch | works | ghosted / convs | params plain (M) | params Ghost (M) | note |')
+    print('|---|---|---|---|---|---|')
+    for arch in SPANDREL:
+        module = importlib.import_module(f'spandrel.architectures.{arch}')
+        cls = next(getattr(module, n) for n in module.__all__
+                   if inspect.isclass(getattr(module, n)) and issubclass(getattr(module, n), nn.Module))
+        if arch == 'RealPLKSR':
+            cls = module.RealPLKSR
+        required = {k: 3 for k, p in inspect.signature(cls).parameters.items()
+                    if p.default is inspect.Parameter.empty and k in ('num_in_ch', 'num_out_ch', 'in_nc', 'out_nc')}
+        torch.manual_seed(0)
+        try:
+            descriptor = MAIN_REGISTRY.load(cls(**required).state_dict())
+        except Exception as err:  # noqa: BLE001 - the table says why
+            print(f'| {arch} | - | - | - | - | default network not loadable: {type(err).__name__} |')
+            continue
+        plain = descriptor.model.eval()
+        req = descriptor.size_requirements
+        side = -(-max(16, req.minimum) // req.multiple_of) * req.multiple_of
+        try:
+            ghost = ghostify(plain, trace_size=side)
+            with torch.no_grad():
+                out = ghost.eval()(torch.rand(1, descriptor.input_channels, side, side))
+            assert out.shape[-1] == side * descriptor.scale
+            report = ghost.ghostify_report
+            print(f'| {arch} | yes | {sum(e["ghosted"] for e in report.values())} / {len(report)} | '
+                  f'{count_params(plain) / 1e6:.3f} | {count_params(ghost) / 1e6:.3f} | x{descriptor.scale} |')
+        except Exception as err:  # noqa: BLE001 - the table says why
+            print(f'| {arch} | no | - | {count_params(plain) / 1e6:.3f} | - | {type(err).__name__}: '
+                  f'{_short_error(err)} |')
+
+
 def main():
+    import sys
+    if '--generic' in sys.argv[1:]:
+        return generic_tables()
     header = '| Model | Type | ' + ' | '.join(f'x{s} ours | x{s} paper' for s in SCALES) + ' |'
     print(header)
     print('|' + '---|' * (2 + 2 * len(SCALES)))

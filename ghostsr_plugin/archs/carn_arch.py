@@ -5,24 +5,19 @@ from torch import nn as nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.ops.ghost_conv import GhostOptions, GhostSchedule
+from ghostsr_plugin.compress.ghostify import ghost_arch
 
 CARN_SCALES = (2, 3, 4)
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-def conv3x3(in_ch, out_ch, groups=1, ghost=None, name=''):
-    """A 3x3 conv, ghosted when ``ghost`` (GhostOptions) is given."""
-    if ghost is None:
-        return nn.Conv2d(in_ch, out_ch, 3, 1, 1, groups=groups)
-    return ghost.conv(in_ch, out_ch, 3, groups=groups, name=name)
+def conv3x3(in_ch, out_ch, groups=1):
+    return nn.Conv2d(in_ch, out_ch, 3, 1, 1, groups=groups)
 
 
-def conv3x3_relu(in_ch, out_ch, groups=1, ghost=None, name=''):
-    """``[3x3 conv, ReLU]``; ghosted, the ReLU runs inside the ghost op and an Identity keeps its place."""
-    if ghost is None:
-        return [nn.Conv2d(in_ch, out_ch, 3, 1, 1, groups=groups), nn.ReLU(inplace=True)]
-    return ghost.conv_relu(in_ch, out_ch, 3, groups=groups, name=name)
+def conv3x3_relu(in_ch, out_ch, groups=1):
+    """``[3x3 conv, ReLU]`` (ghostified, the ReLU runs inside the ghost op and an Identity keeps its place)."""
+    return [conv3x3(in_ch, out_ch, groups), nn.ReLU(inplace=True)]
 
 
 class MeanShift(nn.Module):
@@ -55,10 +50,9 @@ class FusionBlock(nn.Module):
 class ResidualBlock(nn.Module):
     """CARN residual block: ``ReLU(x + conv3x3(ReLU(conv3x3(x))))``."""
 
-    def __init__(self, num_feat, ghost=None, name=''):
+    def __init__(self, num_feat):
         super().__init__()
-        self.body = nn.Sequential(*conv3x3_relu(num_feat, num_feat, ghost=ghost, name=f'{name}.body.0'),
-                                  conv3x3(num_feat, num_feat, ghost=ghost, name=f'{name}.body.2'))
+        self.body = nn.Sequential(*conv3x3_relu(num_feat, num_feat), conv3x3(num_feat, num_feat))
 
     def forward(self, x):
         return F.relu(self.body(x) + x)
@@ -67,10 +61,9 @@ class ResidualBlock(nn.Module):
 class EfficientResidualBlock(nn.Module):
     """CARN-M efficient residual block: two 3x3 group convs with ReLU, a 1x1 conv, then ``ReLU(x + body(x))``."""
 
-    def __init__(self, num_feat, group, ghost=None, name=''):
+    def __init__(self, num_feat, group):
         super().__init__()
-        self.body = nn.Sequential(*conv3x3_relu(num_feat, num_feat, group, ghost, f'{name}.body.0'),
-                                  *conv3x3_relu(num_feat, num_feat, group, ghost, f'{name}.body.2'),
+        self.body = nn.Sequential(*conv3x3_relu(num_feat, num_feat, group), *conv3x3_relu(num_feat, num_feat, group),
                                   nn.Conv2d(num_feat, num_feat, 1))
 
     def forward(self, x):
@@ -89,15 +82,15 @@ def cascade(x, blocks, fusions):
 class CascadingBlock(nn.Module):
     """Three residual blocks ``b1..b3`` (CARN) or one block ``b1`` applied three times (CARN-M), fusions ``c1..c3``."""
 
-    def __init__(self, num_feat, mobile, group=1, ghost=None, name=''):
+    def __init__(self, num_feat, mobile, group=1):
         super().__init__()
         self.shared = mobile
         if mobile:
-            self.b1 = EfficientResidualBlock(num_feat, group, ghost, f'{name}.b1')
+            self.b1 = EfficientResidualBlock(num_feat, group)
         else:
-            self.b1 = ResidualBlock(num_feat, ghost, f'{name}.b1')
-            self.b2 = ResidualBlock(num_feat, ghost, f'{name}.b2')
-            self.b3 = ResidualBlock(num_feat, ghost, f'{name}.b3')
+            self.b1 = ResidualBlock(num_feat)
+            self.b2 = ResidualBlock(num_feat)
+            self.b3 = ResidualBlock(num_feat)
         self.c1 = FusionBlock(num_feat * 2, num_feat)
         self.c2 = FusionBlock(num_feat * 3, num_feat)
         self.c3 = FusionBlock(num_feat * 4, num_feat)
@@ -147,9 +140,9 @@ class UpsampleBlock(nn.Module):
 
 
 class _CARNBase(nn.Module):
-    """CARN / CARN-M layout; ``ghost`` (GhostOptions or None) picks the ghosted 3x3 convs of the residual blocks."""
+    """CARN / CARN-M layout."""
 
-    def __init__(self, num_in_ch, num_out_ch, num_feat, upscale, multi_scale, mobile, group, rgb_mean, ghost, arch):
+    def __init__(self, num_in_ch, num_out_ch, num_feat, upscale, multi_scale, mobile, group, rgb_mean, arch):
         super().__init__()
         if upscale not in CARN_SCALES:
             raise ValueError(f'network_g: {arch} supports upscale 2, 3 or 4, got upscale={upscale!r}')
@@ -160,9 +153,9 @@ class _CARNBase(nn.Module):
         self.sub_mean = MeanShift(rgb_mean, -1)
         self.add_mean = MeanShift(rgb_mean, 1)
         self.entry = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.b1 = CascadingBlock(num_feat, mobile, group, ghost, 'b1')
-        self.b2 = CascadingBlock(num_feat, mobile, group, ghost, 'b2')
-        self.b3 = CascadingBlock(num_feat, mobile, group, ghost, 'b3')
+        self.b1 = CascadingBlock(num_feat, mobile, group)
+        self.b2 = CascadingBlock(num_feat, mobile, group)
+        self.b3 = CascadingBlock(num_feat, mobile, group)
         self.c1 = FusionBlock(num_feat * 2, num_feat)
         self.c2 = FusionBlock(num_feat * 3, num_feat)
         self.c3 = FusionBlock(num_feat * 4, num_feat)
@@ -199,7 +192,7 @@ class CARN(_CARNBase):
     """
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, upscale=4, multi_scale=False, rgb_mean=DIV2K_MEAN):
-        super().__init__(num_in_ch, num_out_ch, num_feat, upscale, multi_scale, False, 1, rgb_mean, None, 'CARN')
+        super().__init__(num_in_ch, num_out_ch, num_feat, upscale, multi_scale, False, 1, rgb_mean, 'CARN')
 
 
 @ARCH_REGISTRY.register()
@@ -223,98 +216,24 @@ class CARN_M(_CARNBase):
                  multi_scale=False,
                  group=4,
                  rgb_mean=DIV2K_MEAN):
-        super().__init__(num_in_ch, num_out_ch, num_feat, upscale, multi_scale, True, group, rgb_mean, None, 'CARN_M')
+        super().__init__(num_in_ch, num_out_ch, num_feat, upscale, multi_scale, True, group, rgb_mean, 'CARN_M')
 
 
-@ARCH_REGISTRY.register()
-class GhostCARN(_CARNBase):
-    """GhostSR version of CARN (Nie et al., "GhostSR: Learning Ghost Features for Efficient Image
-    Super-Resolution").
+GhostCARN = ARCH_REGISTRY.register()(ghost_arch(
+    CARN, 'GhostCARN', """GhostSR version of CARN (Nie et al., "GhostSR: Learning Ghost Features for Efficient Image
+    Super-Resolution"): ``ghostify(CARN(...))``.
 
     Same arguments, layout and state-dict names as ``CARN``. Ghosted (§4.1): the two 3x3 convs ``bi.bj.body.0``
-    and ``bi.bj.body.2`` of all 9 residual blocks (18 layers). Kept plain: ``entry`` (first layer), ``exit`` (last
-    layer), every 1x1 conv (the fusions ``c1..c3``, the mean shifters) and the upsampler.
+    and ``bi.bj.body.2`` of all 9 residual blocks (18 layers; the ReLU after ``body.0`` runs inside the ghost op,
+    ``body.1`` is an Identity). Kept plain: ``entry`` (first layer), ``exit`` (last layer), every 1x1 conv (the
+    fusions ``c1..c3``, the mean shifters) and the upsampler.""", __name__))
 
-    Args:
-        num_in_ch, num_out_ch, num_feat, upscale, multi_scale, rgb_mean: as CARN.
-        ghost_ratio (float): λ, the share of ghost features per layer, in (0, 1). Default 0.5.
-        ghost_d (int): maximum shift offset d (window (2d+1)x(2d+1)). Default 1.
-        shift_mode (str): 'learnable' (Gumbel-softmax), 'fixed' or 'copy'. Default 'learnable'.
-        fixed_offset (tuple[int]): (dy, dx) of 'fixed' mode. Default (0, -1).
-        gumbel_a (float): noise decay a of Eq. 3. Default 0.97.
-        gumbel_tau (float): temperature τ of Eq. 4. Default 1.
-        iters_per_epoch (int): epoch length for Eq. 3 when no GhostSRModel sets it. Default 1000.
-        gumbel_seed (int): seed of the Gumbel noise. Default 0.
-    """
-
-    def __init__(self,
-                 num_in_ch=3,
-                 num_out_ch=3,
-                 num_feat=64,
-                 upscale=4,
-                 multi_scale=False,
-                 rgb_mean=DIV2K_MEAN,
-                 ghost_ratio=0.5,
-                 ghost_d=1,
-                 shift_mode='learnable',
-                 fixed_offset=(0, -1),
-                 gumbel_a=0.97,
-                 gumbel_tau=1.0,
-                 iters_per_epoch=1000,
-                 gumbel_seed=0):
-        ghost = GhostOptions(ghost_ratio, ghost_d, shift_mode, fixed_offset)
-        super().__init__(num_in_ch, num_out_ch, num_feat, upscale, multi_scale, False, 1, rgb_mean, ghost, 'GhostCARN')
-        self.ghost_schedule = GhostSchedule(gumbel_a, gumbel_tau, iters_per_epoch, gumbel_seed)
-
-    def forward(self, x, scale=None):
-        self.ghost_schedule.plan(self, self.training)
-        return super().forward(x, scale)
-
-
-@ARCH_REGISTRY.register()
-class GhostCARN_M(_CARNBase):
-    """GhostSR version of CARN-M (Nie et al., "GhostSR: Learning Ghost Features for Efficient Image
-    Super-Resolution").
+GhostCARN_M = ARCH_REGISTRY.register()(ghost_arch(
+    CARN_M, 'GhostCARN_M', """GhostSR version of CARN-M (Nie et al., "GhostSR: Learning Ghost Features for Efficient
+    Image Super-Resolution"): ``ghostify(CARN_M(...))``.
 
     Same arguments, layout and state-dict names as ``CARN_M``. Ghosted (§4.1 and §4.2: "the number of
     group-convolution in CARN_M is only six"): the two 3x3 group convs ``bi.b1.body.0`` and ``bi.b1.body.2`` of
-    the three shared efficient residual blocks (6 ghost layers, each still applied three times per forward).
-    Kept plain: ``entry``, ``exit``, every 1x1 conv (``bi.b1.body.4``, the fusions, the mean shifters) and the
-    upsampler.
-
-    Args:
-        num_in_ch, num_out_ch, num_feat, upscale, multi_scale, group, rgb_mean: as CARN_M.
-        ghost_ratio (float): λ, the share of ghost features per layer, in (0, 1). Default 0.5.
-        ghost_d (int): maximum shift offset d (window (2d+1)x(2d+1)). Default 1.
-        shift_mode (str): 'learnable' (Gumbel-softmax), 'fixed' or 'copy'. Default 'learnable'.
-        fixed_offset (tuple[int]): (dy, dx) of 'fixed' mode. Default (0, -1).
-        gumbel_a (float): noise decay a of Eq. 3. Default 0.97.
-        gumbel_tau (float): temperature τ of Eq. 4. Default 1.
-        iters_per_epoch (int): epoch length for Eq. 3 when no GhostSRModel sets it. Default 1000.
-        gumbel_seed (int): seed of the Gumbel noise. Default 0.
-    """
-
-    def __init__(self,
-                 num_in_ch=3,
-                 num_out_ch=3,
-                 num_feat=64,
-                 upscale=4,
-                 multi_scale=False,
-                 group=4,
-                 rgb_mean=DIV2K_MEAN,
-                 ghost_ratio=0.5,
-                 ghost_d=1,
-                 shift_mode='learnable',
-                 fixed_offset=(0, -1),
-                 gumbel_a=0.97,
-                 gumbel_tau=1.0,
-                 iters_per_epoch=1000,
-                 gumbel_seed=0):
-        ghost = GhostOptions(ghost_ratio, ghost_d, shift_mode, fixed_offset)
-        super().__init__(num_in_ch, num_out_ch, num_feat, upscale, multi_scale, True, group, rgb_mean, ghost,
-                         'GhostCARN_M')
-        self.ghost_schedule = GhostSchedule(gumbel_a, gumbel_tau, iters_per_epoch, gumbel_seed)
-
-    def forward(self, x, scale=None):
-        self.ghost_schedule.plan(self, self.training)
-        return super().forward(x, scale)
+    the three shared efficient residual blocks (6 ghost layers, each still applied three times per forward; their
+    ReLUs run inside the ghost op, ``body.1`` / ``body.3`` are Identities). Kept plain: ``entry``, ``exit``, every
+    1x1 conv (``bi.b1.body.4``, the fusions, the mean shifters) and the upsampler.""", __name__))

@@ -2,27 +2,17 @@ import torch
 from torch import nn as nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.ops.ghost_conv import GhostOptions, GhostSchedule
+from ghostsr_plugin.compress.ghostify import ghost_arch
 
 RDN_SCALES = (2, 3, 4)
-
-
-def conv3x3(in_ch, out_ch, ghost=None, name=''):
-    """A 3x3 conv, ghosted when ``ghost`` (GhostOptions) is given."""
-    if ghost is None:
-        return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
-    return ghost.conv(in_ch, out_ch, 3, name=name)
 
 
 class DenseLayer(nn.Module):
     """One layer of a residual dense block: 3x3 conv + ReLU, output appended to its input (growth ``num_grow_ch``)."""
 
-    def __init__(self, in_ch, num_grow_ch, ghost=None, name=''):
+    def __init__(self, in_ch, num_grow_ch):
         super().__init__()
-        if ghost is None:
-            self.conv = nn.Sequential(nn.Conv2d(in_ch, num_grow_ch, 3, 1, 1), nn.ReLU(inplace=True))
-        else:  # the ReLU runs inside the ghost op (conv.1 is an Identity)
-            self.conv = nn.Sequential(*ghost.conv_relu(in_ch, num_grow_ch, 3, name=f'{name}.conv.0'))
+        self.conv = nn.Sequential(nn.Conv2d(in_ch, num_grow_ch, 3, 1, 1), nn.ReLU(inplace=True))
 
     def forward(self, x):
         return torch.cat((x, self.conv(x)), 1)
@@ -31,11 +21,9 @@ class DenseLayer(nn.Module):
 class ResidualDenseBlock(nn.Module):
     """RDB: ``num_layer`` densely connected layers, local feature fusion (1x1 conv) and local residual."""
 
-    def __init__(self, num_feat, num_grow_ch, num_layer, ghost=None, name=''):
+    def __init__(self, num_feat, num_grow_ch, num_layer):
         super().__init__()
-        self.convs = nn.Sequential(*[
-            DenseLayer(num_feat + c * num_grow_ch, num_grow_ch, ghost, f'{name}.convs.{c}') for c in range(num_layer)
-        ])
+        self.convs = nn.Sequential(*[DenseLayer(num_feat + c * num_grow_ch, num_grow_ch) for c in range(num_layer)])
         self.LFF = nn.Conv2d(num_feat + num_layer * num_grow_ch, num_feat, 1)
 
     def forward(self, x):
@@ -48,10 +36,10 @@ def check_upscale(upscale, arch):
 
 
 class _RDNBase(nn.Module):
-    """RDN layout shared by RDN and GhostRDN; ``ghost`` (GhostOptions or None) picks the ghosted 3x3 convs."""
+    """RDN layout."""
 
     def __init__(self, num_in_ch, num_out_ch, num_feat, num_block, num_layer, num_grow_ch, upscale, img_range,
-                 rgb_mean, ghost, arch):
+                 rgb_mean, arch):
         super().__init__()
         check_upscale(upscale, arch)
         self.img_range = img_range
@@ -59,13 +47,11 @@ class _RDNBase(nn.Module):
 
         # shallow feature extraction: F_-1 (kept for the global residual) and F_0
         self.SFENet1 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.SFENet2 = conv3x3(num_feat, num_feat, ghost, 'SFENet2')
-        self.RDBs = nn.ModuleList([
-            ResidualDenseBlock(num_feat, num_grow_ch, num_layer, ghost, f'RDBs.{i}') for i in range(num_block)
-        ])
+        self.SFENet2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.RDBs = nn.ModuleList([ResidualDenseBlock(num_feat, num_grow_ch, num_layer) for _ in range(num_block)])
         # global feature fusion: 1x1 over all RDB outputs, then 3x3
         self.GFF = nn.Sequential(
-            nn.Conv2d(num_block * num_feat, num_feat, 1), conv3x3(num_feat, num_feat, ghost, 'GFF.1'))
+            nn.Conv2d(num_block * num_feat, num_feat, 1), nn.Conv2d(num_feat, num_feat, 3, 1, 1))
         # sub-pixel upsampler (ESPCN), never ghosted
         if upscale == 4:
             up = [
@@ -126,53 +112,15 @@ class RDN(_RDNBase):
                  img_range=255.,
                  rgb_mean=(0.4488, 0.4371, 0.4040)):
         super().__init__(num_in_ch, num_out_ch, num_feat, num_block, num_layer, num_grow_ch, upscale, img_range,
-                         rgb_mean, None, 'RDN')
+                         rgb_mean, 'RDN')
 
 
-@ARCH_REGISTRY.register()
-class GhostRDN(_RDNBase):
-    """GhostSR version of RDN (Nie et al., "GhostSR: Learning Ghost Features for Efficient Image Super-Resolution").
+GhostRDN = ARCH_REGISTRY.register()(ghost_arch(
+    RDN, 'GhostRDN', """GhostSR version of RDN (Nie et al., "GhostSR: Learning Ghost Features for Efficient Image
+    Super-Resolution"): ``ghostify(RDN(...))``.
 
     Same arguments, layout and state-dict names as ``RDN``. Ghosted (§4.1: all but the first and last layers and
-    the point-wise convs): every dense 3x3 conv ``RDBs.i.convs.c.conv.0``, ``SFENet2`` and ``GFF.1``
-    (num_block * num_layer + 2 layers). Kept plain: ``SFENet1`` (first layer), the 1x1 fusions ``RDBs.i.LFF`` and
-    ``GFF.0``, and the upsampler ``UPNet`` (with the last layer).
-
-    Args:
-        num_in_ch, num_out_ch, num_feat, num_block, num_layer, num_grow_ch, upscale, img_range, rgb_mean: as RDN.
-        ghost_ratio (float): λ, the share of ghost features per layer, in (0, 1). Default 0.5.
-        ghost_d (int): maximum shift offset d (window (2d+1)x(2d+1)). Default 1.
-        shift_mode (str): 'learnable' (Gumbel-softmax), 'fixed' or 'copy'. Default 'learnable'.
-        fixed_offset (tuple[int]): (dy, dx) of 'fixed' mode. Default (0, -1).
-        gumbel_a (float): noise decay a of Eq. 3. Default 0.97.
-        gumbel_tau (float): temperature τ of Eq. 4. Default 1.
-        iters_per_epoch (int): epoch length for Eq. 3 when no GhostSRModel sets it. Default 1000.
-        gumbel_seed (int): seed of the Gumbel noise. Default 0.
-    """
-
-    def __init__(self,
-                 num_in_ch=3,
-                 num_out_ch=3,
-                 num_feat=64,
-                 num_block=16,
-                 num_layer=8,
-                 num_grow_ch=64,
-                 upscale=4,
-                 img_range=255.,
-                 rgb_mean=(0.4488, 0.4371, 0.4040),
-                 ghost_ratio=0.5,
-                 ghost_d=1,
-                 shift_mode='learnable',
-                 fixed_offset=(0, -1),
-                 gumbel_a=0.97,
-                 gumbel_tau=1.0,
-                 iters_per_epoch=1000,
-                 gumbel_seed=0):
-        ghost = GhostOptions(ghost_ratio, ghost_d, shift_mode, fixed_offset)
-        super().__init__(num_in_ch, num_out_ch, num_feat, num_block, num_layer, num_grow_ch, upscale, img_range,
-                         rgb_mean, ghost, 'GhostRDN')
-        self.ghost_schedule = GhostSchedule(gumbel_a, gumbel_tau, iters_per_epoch, gumbel_seed)
-
-    def forward(self, x):
-        self.ghost_schedule.plan(self, self.training)
-        return super().forward(x)
+    the point-wise convs): every dense 3x3 conv ``RDBs.i.convs.c.conv.0`` (its ReLU runs inside the ghost op,
+    ``conv.1`` is an Identity), ``SFENet2`` and ``GFF.1`` (num_block * num_layer + 2 layers). Kept plain:
+    ``SFENet1`` (first layer), the 1x1 fusions ``RDBs.i.LFF`` and ``GFF.0``, and the upsampler ``UPNet`` (with the
+    last layer).""", __name__))

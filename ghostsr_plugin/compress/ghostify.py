@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 
 from ghostsr_plugin.ops.ghost_conv import GhostConv2d, GhostOptions, GhostSchedule, ghost_layers
 
-__all__ = ['ghostify', 'format_report', 'GHOST_ARGS', 'UPSAMPLERS']
+__all__ = ['ghostify', 'ghost_arch', 'format_report', 'GHOST_ARGS', 'GHOST_ARGS_DOC', 'UPSAMPLERS']
 
 # The ghost arguments of every Ghost network (``type: Ghost``, GhostEDSR, ...) and their defaults.
 GHOST_ARGS = OrderedDict(ghost_ratio=0.5, ghost_d=1, shift_mode='learnable', fixed_offset=(0, -1), gumbel_a=0.97,
@@ -529,3 +529,38 @@ def format_report(report):
     ghosted = sum(e['ghosted'] for e in report.values())
     lines.append(f'{ghosted} of {len(report)} convolutions ghosted')
     return '\n'.join(lines)
+
+
+def ghost_arch(plain_cls, name, summary, module, check=None):
+    """A Ghost arch class over ``plain_cls``: its arguments plus :data:`GHOST_ARGS`; ``__init__`` builds the plain
+    layout and ghostifies it in place (so the ghost wiring, its arguments and their docstring live here only).
+
+    Args:
+        plain_cls (type): the plain network class.
+        name (str): the class name (``GhostX``); ``module`` (the caller's ``__name__``) must bind it to that name.
+        summary (str): the first paragraphs of the docstring (what is ghosted); the arguments are appended.
+        check (callable | None): called with the bound arguments before building (argument errors in Ghost terms).
+    """
+    import inspect
+    plain_params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                    for p in inspect.signature(plain_cls).parameters.values()]
+    ghost_params = [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v)
+                    for k, v in GHOST_ARGS.items()]
+    signature = inspect.Signature(plain_params + ghost_params)
+
+    def __init__(self, *args, **kwargs):
+        try:
+            arguments = signature.bind(*args, **kwargs).arguments
+        except TypeError as err:
+            raise TypeError(f'{name}: {err}') from None
+        ghost = {k: arguments.pop(k, default) for k, default in GHOST_ARGS.items()}
+        if check is not None:
+            check(arguments)
+        plain_cls.__init__(self, **arguments)
+        ghostify(self, **ghost, inplace=True)
+
+    doc = (f'{summary}\n\n    Args:\n        {", ".join(p.name for p in plain_params)}: as {plain_cls.__name__}.\n'
+           f'        {GHOST_ARGS_DOC}\n    ')
+    cls = type(name, (plain_cls, ), {'__init__': __init__, '__doc__': doc, '__module__': module,
+                                     '__qualname__': name, '__signature__': signature})
+    return cls
