@@ -5,6 +5,7 @@ dynamic batch/height/width, with only standard ONNX ops and no shift logits, sch
 torch.export program keeps the compiled ghost op, reloads and equals the eager network exactly; the command writes
 checked files and refuses bad input with one line, exit code 2 and nothing written."""
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -215,3 +216,23 @@ def test_command_refuses_bad_input_with_one_line_and_writes_nothing(tiny, capsys
         assert err.count('\n') == 0 and err.startswith('ghostsr_plugin.export: error: '), (name, err)
         assert message in err, (name, err)
         assert not (tiny['root'] / 'out').exists() or not os.listdir(tiny['root'] / 'out'), name
+
+
+def test_module_entry_point_exits_2_with_one_line(tmp_path):
+    from conftest import run
+    opt, _ = tiny_option_file(tmp_path, ckpt=False)
+    proc = run([sys.executable, '-m', 'ghostsr_plugin.export', '-opt', opt, '--ckpt', str(tmp_path / 'none.pth'),
+                '--out', str(tmp_path / 'out')], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f'ghostsr_plugin.export: error: checkpoint not found: '
+                                                f'{tmp_path / "none.pth"}']
+    assert not (tmp_path / 'out').exists()
+
+
+def test_bench_reports_onnxruntime_next_to_eager(capsys):
+    code = run_command('ghostsr_plugin.export', command.main,
+                       ['--bench', '--size', '12', '--reps', '1', '--num_feat', '8', '--num_block', '1', '--threads', '1'])
+    text = capsys.readouterr().out
+    assert code == 0
+    for label in ('PyTorch eager', 'onnxruntime, move as conv', 'onnxruntime, move as slice', 'target:'):
+        assert label in text
