@@ -71,17 +71,17 @@ def check_registered(opt):
 
 
 def build_unloaded(net_opt, where):
-    """The network of ``net_opt`` for checks: on the meta device (no memory for weights) where the arch allows
-    it, else on the CPU (archs whose constructors check tensor values). Errors name ``where``."""
+    """The network of ``net_opt`` for checks: on the meta device (no memory for weights) where the arch allows it,
+    else on the CPU (constructors that compute with tensors: value checks, traces), whose error is the one reported,
+    naming ``where``."""
     net_opt = dict(net_opt)
     arch = ARCH_REGISTRY.get(net_opt.pop('type'))
     try:
-        try:
-            with torch.device('meta'):
-                return arch(**net_opt)
-        except (RuntimeError, NotImplementedError) as err:
-            if 'meta' not in str(err):
-                raise
+        with torch.device('meta'):
+            return arch(**net_opt)
+    except Exception:  # noqa: BLE001 - the CPU build below decides
+        pass
+    try:
         return arch(**net_opt)
     except TypeError as err:
         raise UserInputError(f'{where}: {err}') from err
