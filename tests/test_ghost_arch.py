@@ -3,6 +3,8 @@ randomly initialised plain twin (ghost_init:) and runs a GhostSRModel training s
 (distill:); ECBSR (re-parameterised in eval) is refused by name. spandrel checkpoints (random init, saved to files)
 go through ``python -m ghostsr_plugin.ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed
 options load, with the right output size; SPAN and unidentifiable files are one clear error."""
+import json
+
 import pytest
 import torch
 import yaml
@@ -127,3 +129,45 @@ def test_spandrel_bad_inputs_are_one_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'unknown.pth: spandrel 0.4.2 cannot identify the architecture' in err and 'ESRGAN' in err
     assert not (tmp_path / 'ghost.pth').exists()
+
+
+def test_hand_written_ghost_archs_are_thin_registrations_over_ghostify():
+    import inspect
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ghostsr_plugin.compress.ghostify import GHOST_ARGS
+    for name, plain in (('GhostEDSR', 'EDSR'), ('GhostRDN', 'RDN'), ('GhostCARN', 'CARN'), ('GhostCARN_M', 'CARN_M')):
+        cls = ARCH_REGISTRY.get(name)
+        params = list(inspect.signature(cls).parameters)
+        assert params == list(inspect.signature(ARCH_REGISTRY.get(plain)).parameters) + list(GHOST_ARGS)
+        assert 'gumbel_seed (int): seed of the Gumbel noise' in cls.__doc__
+    net = ARCH_REGISTRY.get('GhostCARN_M')(3, 3, 16, 2, ghost_ratio=0.5, shift_mode='copy')  # positional as before
+    assert [m.num_intrinsic for m in ghost_layers(net)] == [8] * 6 and net.upscale == 2
+    assert all(m.shift_mode == 'copy' for m in ghost_layers(net))
+    with pytest.raises(TypeError, match='GhostRDN: got an unexpected keyword argument'):
+        ARCH_REGISTRY.get('GhostRDN')(ghost_rate=0.5)
+
+
+def test_arch_and_opt_sources_of_the_command(tmp_path, capsys):
+    from basicsr.archs.edsr_arch import EDSR
+    from ghostsr_plugin.ghostify import main
+    from ghostsr_plugin.utils.network import load_network
+    args = {'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2}
+    torch.save({'params': EDSR(**args).state_dict()}, tmp_path / 'edsr.pth')
+    (tmp_path / 'plain.yml').write_text(yaml.safe_dump({'network_g': {'type': 'EDSR', **args}}))
+    for source in (['--arch', 'EDSR', '--arch_args', json.dumps(args)],
+                   ['-opt', str(tmp_path / 'plain.yml')]):
+        out = str(tmp_path / 'ghost.pth')
+        assert main(source + ['--pretrained', str(tmp_path / 'edsr.pth'), '--out', out, '--opt_out',
+                              str(tmp_path / 'ghost.yml'), '--n_init', '1', '--ghost_ratio', '0.25',
+                              '--no_progress']) == 0
+        net = load_network(str(tmp_path / 'ghost.yml'), out)
+        assert [m.num_intrinsic for m in ghost_layers(net)] == [6, 6, 6]
+        assert 'ghost  body.0.conv1: eligible, fused relu' in capsys.readouterr().out
+
+
+def test_import_does_not_load_spandrel():
+    import subprocess
+    import sys
+    code = 'import sys, ghostsr_plugin; print("spandrel" in sys.modules, callable(ghostsr_plugin.ghostify))'
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          check=True).stdout.split() == ['False', 'True']
