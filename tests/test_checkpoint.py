@@ -9,16 +9,9 @@ import pickle
 import pytest
 import torch
 
+from hardening_helpers import Hostile
 from ghostsr_plugin.utils.checkpoint import (CheckpointError, NoSpaceLeftError, atomic_torch_save, atomic_write,
                                              default_file_mode, load_checkpoint, remove_temporaries, torch_load)
-
-
-class Hostile:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
 
 
 @pytest.mark.parametrize('fmt', ['zip', 'legacy', 'raw pickle'])

@@ -29,23 +29,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import SCALE, python, run, train_options, write_options
+from hardening_helpers import Hostile
 from ghostsr_plugin.utils.cli import run_command
 
 NET = {'type': 'GhostEDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}
 PLAIN = dict(NET, type='EDSR')
-
-
-class Hostile:
-    """Unpickling this runs ``touch <marker>`` (when a loader lets it)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
 
 
 def tree(root):
@@ -85,10 +75,16 @@ class Plant:
             opt[key] = dict(opt.get(key) or {}, **value) if key == 'path' else value
         return write_options(opt, self.tmp)
 
-    def test_opt(self, name='tst', pretrain=None, **changes):
+    def test_opt(self, name='tst', pretrain=None, gt=None, lq=None, **changes):
+        """A test option file (tiny GhostEDSR; ``pretrain`` True: a checkpoint of it); ``gt`` / ``lq``: other data."""
+        if pretrain is True:
+            from basicsr.archs import build_network
+            pretrain = str(self.tmp / 'net.pth')
+            torch.save({'params': build_network(dict(NET)).state_dict()}, pretrain)
         opt = {'name': name, 'model_type': 'GhostSRModel', 'scale': SCALE, 'num_gpu': 0, 'manual_seed': 0,
-               'datasets': {'test_1': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': self.data['hr'],
-                                       'dataroot_lq': self.data['lr'], 'filename_tmpl': '{}',
+               'datasets': {'test_1': {'name': 'tiny', 'type': 'PairedImageDataset',
+                                       'dataroot_gt': str(gt or self.data['hr']),
+                                       'dataroot_lq': str(lq or self.data['lr']), 'filename_tmpl': '{}',
                                        'io_backend': {'type': 'disk'}}},
                'network_g': dict(NET), 'path': {'pretrain_network_g': pretrain, 'strict_load_g': True},
                'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE,
@@ -225,12 +221,7 @@ def test_test_refuses_an_lr_that_does_not_fit(crop, lr_size, tiny_data, tmp_path
     lr = cv2.imread(str(lr_dir / 'img3.png'))
     lr = lr[:crop, :crop] if crop < 0 else cv2.copyMakeBorder(lr, 0, crop, 0, crop, cv2.BORDER_REFLECT)
     cv2.imwrite(str(lr_dir / 'img3.png'), lr)
-    from basicsr.archs import build_network
-    torch.save({'params': build_network(dict(NET)).state_dict()}, tmp_path / 'net.pth')
-    opt_path = plant.test_opt(pretrain=str(tmp_path / 'net.pth'))
-    opt = yaml.safe_load(open(opt_path))
-    opt['datasets']['test_1']['dataroot_lq'] = str(lr_dir)
-    yaml.safe_dump(opt, open(opt_path, 'w'))
+    opt_path = plant.test_opt(pretrain=True, lq=lr_dir)
     code, _ = run_in_process('ghostsr_plugin.test', ['-opt', opt_path], monkeypatch, tmp_path)
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / 'results').exists()
@@ -281,12 +272,7 @@ def test_test_names_converted_images_once(tiny_data, tmp_path, monkeypatch, caps
     cv2.imwrite(str(hr_dir / 'img1.png'), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(hr_dir / 'img2.png'), cv2.imread(str(hr_dir / 'img2.png')).astype(np.uint16) * 257)
     cv2.imwrite(str(hr_dir / 'img4.png'), cv2.cvtColor(cv2.imread(str(hr_dir / 'img4.png')), cv2.COLOR_BGR2BGRA))
-    from basicsr.archs import build_network
-    torch.save({'params': build_network(dict(NET)).state_dict()}, tmp_path / 'net.pth')
-    opt_path = plant.test_opt(pretrain=str(tmp_path / 'net.pth'))
-    opt = yaml.safe_load(open(opt_path))
-    opt['datasets']['test_1']['dataroot_gt'] = str(hr_dir)
-    yaml.safe_dump(opt, open(opt_path, 'w'))
+    opt_path = plant.test_opt(pretrain=True, gt=hr_dir)
     code, _ = run_in_process('ghostsr_plugin.test', ['-opt', opt_path], monkeypatch, tmp_path)
     out = capsys.readouterr().out
     assert code == 0

@@ -6,16 +6,9 @@ import os
 import pytest
 import torch
 
+from hardening_helpers import Hostile
 from ghostsr_plugin.utils.checkpoint import CheckpointError, atomic_torch_save
 from ghostsr_plugin.utils.resume import latest_state, load_resume_state, state_paths
-
-
-class Hostile:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
 
 
 def _state(iteration):
