@@ -60,12 +60,13 @@ def test_report_with_checkpoints(nets, data, tmp_path, capsys):
     for row in (plain, ghost):
         assert len(row['latency']['times_ms']) == 3 and row['latency']['median_ms'] > 0
     assert ghost['latency']['ratio'] == ghost['latency']['median_ms'] / plain['latency']['median_ms']
+    assert ghost['latency']['best_ratio'] == ghost['latency']['best_ms'] / plain['latency']['best_ms']
     settings = result['settings']
     assert settings['threads'] == 1 and settings['dtype'] == 'float32' and settings['latency_input'] == [1, 3, 12, 12]
     expected = evaluate(load_network(ghost_opt, ghost_ckpt), set_pairs(str(data), 'Tiny', 2), 2, 'cpu', False)
     assert ghost['quality']['Tiny']['psnr'] == pytest.approx(expected['psnr'])
     md = (tmp_path / 'r.md').read_text()
-    assert md in text and '1 threads' in md and 'float32 NCHW' in md
+    assert md in text and '1 threads' in md and 'float32 NCHW' in md and 'median / best of 3 runs' in md
     assert '| GhostEDSR x2 (GhostEDSR_x2) |' in md and '×) |' in md
     assert (tmp_path / 'r.png').read_bytes().startswith(PNG_MAGIC)
     assert cv2.imread(str(tmp_path / 'r.png')).shape[1] > 1000  # two panels: PSNR vs latency and vs FLOPs

@@ -4,8 +4,9 @@ each Ghost network next to its plain twin; written as markdown, JSON and a PNG p
 * **FLOPs** are multiply-adds of one forward on a 3x512x512 LR input (Table 1's convention; its EDSR x2 is 10679 G),
   counted by :func:`ghostsr_plugin.measure.complexity.count_macs` (``torch.utils.flop_counter``); a shift is 0.
 * **Latency**: each plain network and its Ghost twins are timed interleaved in one run (:func:`measure.bench.
-  interleaved`: warm-up calls, then one call of each per repetition in alternating order); the median is reported,
-  the best time and every time are in the JSON, with the device, threads, dtype and layout.
+  interleaved`: warm-up calls, then one call of each per repetition in alternating order); the median and the best
+  time are reported (on a shared machine, where other load only adds time, the best is the steadiest), every time
+  is in the JSON, with the device, threads, dtype and layout.
 * **Quality**: Y-PSNR / Y-SSIM with crop_border = scale (:func:`ghostsr_plugin.evaluate.evaluate`) on the benchmark
   sets named, for networks with a checkpoint.
 * **Twins**: a Ghost network (type ``GhostX``) is compared with the first plain network of type ``X``, the same
@@ -172,6 +173,7 @@ def measure(entries, sets=(), data_root=None, latency_size=(1, 3, 128, 128), flo
                 if entry.twin is not None:
                     entry.latency['ratio'], entry.latency['paired_ratio'] = ratio_stats(times, entry.label,
                                                                                          entry.twin)
+                    entry.latency['best_ratio'] = min(times[entry.label]) / min(times[entry.twin])
             del nets, calls
         bar.close()
     jobs = [(e, name) for e in quality_entries for name in sets]
@@ -201,13 +203,13 @@ def markdown(entries, settings):
     sets = [s for s in settings['sets'] if any(s in e.quality for e in entries)]
     lines = [f'FLOPs: multiply-adds for a {"x".join(map(str, settings["flops_input"][1:]))} LR input.']
     if latency:
-        lines.append(f'Latency: median of {settings["repeats"]} runs after {settings["warmup"]} warm-up, input '
+        lines.append(f'Latency: median / best of {settings["repeats"]} runs after {settings["warmup"]} warm-up, input '
                      f'{"x".join(map(str, settings["latency_input"]))}, {settings["dtype"]} {settings["layout"]}, '
                      f'{settings["device"]}; plain and Ghost twins timed interleaved in one run.')
     if sets:
         lines.append('PSNR / SSIM: Y channel, crop_border = scale; Ghost rows: (difference to the plain twin).')
     header = ['network', 'params (M)', 'FLOPs (G)'] + (['paper params / FLOPs'] if paper else []) + (
-        ['latency (ms)'] if latency else []) + [f'{s} PSNR / SSIM' for s in sets]
+        ['latency (ms), median / best'] if latency else []) + [f'{s} PSNR / SSIM' for s in sets]
     lines += ['', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for e in (e for group in _twin_groups(entries) for e in group):
         twin = by_label.get(e.twin)
@@ -216,7 +218,8 @@ def markdown(entries, settings):
         if paper:
             cells.append(f'{e.paper["params_M"]:.2f} / {e.paper["flops_G"]}' if e.paper else '-')
         if latency:
-            cells.append(f'{e.latency["median_ms"]:.1f}' + (f' ({e.latency["ratio"]:.2f}×)' if twin else ''))
+            cells.append(f'{e.latency["median_ms"]:.1f} / {e.latency["best_ms"]:.1f}' + (
+                f' ({e.latency["ratio"]:.2f}× / {e.latency["best_ratio"]:.2f}×)' if twin else ''))
         for name in sets:
             q = e.quality.get(name)
             cell = f'{q["psnr"]:.2f} / {q["ssim"]:.4f}' if q else '-'
@@ -284,7 +287,7 @@ def plot(entries, settings, path):
     from ghostsr_plugin.deploy.images import write_bytes
 
     flops = ('FLOPs (G, 3x512x512 LR)', lambda e: e.macs / 1e9)
-    lat = (f'latency (ms, {"x".join(map(str, settings["latency_input"] or []))}, {settings["dtype"]})',
+    lat = (f'median latency (ms, {"x".join(map(str, settings["latency_input"] or []))}, {settings["dtype"]})',
            lambda e: e.latency and e.latency['median_ms'])
     sets = [s for s in settings['sets'] if any(s in e.quality for e in entries)]
     latency = any(e.latency for e in entries)
