@@ -163,7 +163,7 @@ def measure(entries, sets=(), data_root=None, latency_size=(1, 3, 128, 128), flo
         for group in groups:
             nets = {e.label: _load(e, device, param_key).to(dtype=dtype, memory_format=memory_format) for e in group}
             x = torch.rand(latency_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-            calls = {label: (lambda net=net, e=e: net(x, **forward_kwargs(net, e.scale)))
+            calls = {label: (lambda net=net, kwargs=forward_kwargs(net, e.scale): net(x, **kwargs))
                      for (label, net), e in zip(nets.items(), group)}
             with torch.inference_mode():
                 times = interleaved(Timer(device), calls, repeats, warmup, progress=bar)
