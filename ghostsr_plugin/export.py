@@ -158,16 +158,17 @@ def bench(args):
     med = result['medians']
     print(f'GhostEDSR vs EDSR x2 (num_feat {args.num_feat}, num_block {args.num_block}), 1x3x{args.size}x{args.size}'
           f', fp32, {args.threads} threads, {args.reps} interleaved repetitions; {device_name(torch.device("cpu"))}')
-    print(f'{"runtime":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7}')
+    print(f'{"runtime":<34} {"EDSR ms":>9} {"Ghost ms":>9} {"ratio":>6} {"paired":>7} {"best":>6}')
     rows = [('PyTorch eager', 'edsr_eager', 'ghost_eager', 'eager')]
     rows += [(f'onnxruntime, move as {form}', 'edsr_onnx', f'ghost_onnx_{form}', f'onnx_{form}') for form in SHIFT_FORMS]
     for label, edsr, ghost, key in rows:
         ratio, paired = result['ratios'][key]
-        print(f'{label:<34} {med[edsr]:9.2f} {med[ghost]:9.2f} {ratio:6.3f} {paired:7.3f}')
-    eager = result['ratios']['eager'][0]
-    onnx = result['ratios']['onnx_conv'][0]
-    print(f'target: onnxruntime ratio <= eager ratio + 0.05 = {eager + 0.05:.3f}: '
-          f'{"met" if onnx <= eager + 0.05 else "NOT met"} ({onnx:.3f}, default form conv)')
+        best = min(result['times'][ghost]) / min(result['times'][edsr])
+        print(f'{label:<34} {med[edsr]:9.2f} {med[ghost]:9.2f} {ratio:6.3f} {paired:7.3f} {best:6.3f}')
+    eager, onnx = result['ratios']['eager'][0], result['ratios']['onnx_conv'][0]
+    print(f'target (ratios of medians): onnxruntime <= eager + 0.05 = {eager + 0.05:.3f}: '
+          f'{"met" if onnx <= eager + 0.05 else "NOT met"} ({onnx:.3f}, default form conv); best: the ratio of '
+          'the fastest runs (on a shared machine, where load only adds time, the steadiest)')
     return 0
 
 
