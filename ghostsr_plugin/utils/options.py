@@ -168,7 +168,7 @@ def _check_eval_set(phase, dataset_opt, scale, log):
         except (AssertionError, OSError) as err:
             raise UserInputError(f'{label}: the LR and HR folders do not pair up: {err} (dataroot_gt {gt}, '
                                  f'dataroot_lq {lq}, filename_tmpl {tmpl!r})') from err
-        pairs = [(os.path.basename(p['gt_path']), p['gt_path'], p['lq_path']) for p in paths]
+        pairs = sorted((os.path.basename(p['gt_path']), p['gt_path'], p['lq_path']) for p in paths)
         try:
             checked = check_pairs(pairs, scale, label)
         except (ValueError, FileNotFoundError) as err:
