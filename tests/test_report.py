@@ -120,9 +120,14 @@ def test_bad_input_is_one_line_and_writes_nothing(nets, tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
-def test_plot_without_pairs_is_a_scatter(tmp_path):
-    entry = report.Entry('solo x2', 'solo.yml', type='EDSR', scale=2, params=10, macs=10**9)
-    settings = {'sets': [], 'latency_input': None, 'dtype': 'float32', 'device': 'cpu'}
-    report.plot([entry], settings, tmp_path / 'p.png')
+@pytest.mark.parametrize('paired', [False, True])
+def test_plots_without_psnr(tmp_path, paired):
+    """Ghost / plain ratio bars with latency, and a scatter when nothing is paired."""
+    latency = {'median_ms': 2.0, 'best_ms': 1.0, 'ratio': 0.5}
+    entries = [report.Entry('plain x2', 'p.yml', type='EDSR', scale=2, params=10, macs=10**9, latency=latency),
+               report.Entry('ghost x2', 'g.yml', type='GhostEDSR', scale=2, params=6, macs=6 * 10**8, latency=latency,
+                            twin='plain x2' if paired else None)]
+    settings = {'sets': [], 'latency_input': [1, 3, 8, 8], 'dtype': 'float32', 'device': 'cpu'}
+    report.plot(entries, settings, tmp_path / 'p.png')
     img = cv2.imread(str(tmp_path / 'p.png'))
     assert img is not None and np.unique(img).size > 2

@@ -264,7 +264,7 @@ def _ratio_bars(ax, entries, latency):
     height, largest = 0.8 / len(measures), 1.0
     for i, (name, value) in enumerate(measures):
         ratios = [e.latency['ratio'] if value is None else value(e) / value(by_label[e.twin]) for e in ghosts]
-        bars = ax.barh([k + (i - (len(measures) - 1) / 2) * height for k in range(len(ghosts))], ratios, height,
+        bars = ax.barh([k - (i - (len(measures) - 1) / 2) * height for k in range(len(ghosts))], ratios, height,
                        label=name)
         ax.bar_label(bars, fmt='%.2f', fontsize=7, padding=2)
         largest = max(largest, *ratios)
