@@ -52,7 +52,7 @@ def test_ddp_ranks_draw_the_same_noise(tmp_path):
     """Two gloo ranks with different data: at every iteration both pick the same offsets from the same S(W'), and
     the learned W' stay identical (gradients are all-reduced)."""
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
+    rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
     for step0, step1 in zip(rank0, rank1):
         assert step0['offsets'] == step1['offsets']
         assert torch.equal(step0['probs'], step1['probs'])
@@ -93,7 +93,7 @@ def test_model_iters_per_epoch_and_ema_buffers(tiny_data, tmp_path):
     model.save(epoch=0, current_iter=1)
     saved = torch.load(tmp_path / 'net_g_1.pth', weights_only=True)
     assert torch.equal(saved['params_ema']['body.0.conv1.ghost_index'], custom)
-    assert torch.load(tmp_path / '1.state', weights_only=False)['ghost']['iters_per_epoch'] == 3
+    assert torch.load(tmp_path / '1.state', weights_only=True)['ghost']['iters_per_epoch'] == 3
 
 
 def test_shift_logits_get_their_own_learning_rate(tiny_data, tmp_path):
@@ -198,7 +198,7 @@ def test_freeze_offsets_at_fixes_argmax_and_stops_training_w(tiny_data, tmp_path
     assert [m.current_offset() for m in layers] == [(a, None) for a in argmax]  # no noise, no STE probs
     assert [m.fixed_offset for m in ghost_layers(model.net_g_ema)] == argmax
     model.save(epoch=0, current_iter=5)
-    assert torch.load(tmp_path / '5.state', weights_only=False)['ghost']['offsets_frozen_at'] == 3
+    assert torch.load(tmp_path / '5.state', weights_only=True)['ghost']['offsets_frozen_at'] == 3
 
 
 def test_freeze_offsets_at_fraction_and_bad_values(tiny_data, tmp_path):
@@ -238,7 +238,7 @@ def test_save_best_keeps_the_best_validation_checkpoint(tiny_data, tmp_path):
     record = json.loads((tmp_path / 'best.json').read_text())
     assert (record['dataset'], record['metric'], record['value'], record['iter']) == ('tiny_val', 'psnr', 31.5, 4)
     model.save(epoch=0, current_iter=4)
-    assert torch.load(tmp_path / '4.state', weights_only=False)['ghost']['best']['value'] == 31.5
+    assert torch.load(tmp_path / '4.state', weights_only=True)['ghost']['best']['value'] == 31.5
     model.opt['val']['save_best'] = 'lpips'
     with pytest.raises(ValueError, match=r'val: save_best must name a metric of val: metrics \(psnr, ssim\)'):
         _best_metric_option(model.opt)

@@ -54,9 +54,7 @@ class GhostSRModel(SRModel):
     """
 
     def __init__(self, opt):
-        self.ghost_opt = _checked_block(opt, 'ghost', GHOST_OPTION_KEYS)
-        self.ghost_init_opt = _checked_block(opt, 'ghost_init', GHOST_INIT_KEYS)
-        self.distill_opt = _checked_block(opt, 'distill', DISTILL_KEYS)
+        self.ghost_opt, self.ghost_init_opt, self.distill_opt = check_options(opt)
         self.iters_per_epoch = None
         self.teacher = None
         self.freeze_iter = _freeze_iteration(self.ghost_opt.get('freeze_offsets_at'), opt)
@@ -87,9 +85,6 @@ class GhostSRModel(SRModel):
     def _iters_per_epoch(self):
         given = self.ghost_opt.get('iters_per_epoch')
         if given is not None:
-            if not isinstance(given, int) or given < 1:
-                raise ValueError(f'ghost: iters_per_epoch must be a positive integer or null (derived from the '
-                                 f'train set), got {given!r}')
             return given
         train_opt = self.opt.get('datasets', {}).get('train')
         if train_opt is None:
@@ -105,11 +100,7 @@ class GhostSRModel(SRModel):
         from ghostsr_plugin.cluster import plain_twin_options
         opt = self.distill_opt
         weight = opt.get('loss_weight', 1.0)
-        if not isinstance(weight, (int, float)) or weight <= 0:
-            raise ValueError(f'distill: loss_weight must be a positive number, got {weight!r}')
         path = opt.get('teacher_path') or self.ghost_init_opt.get('pretrain_path')
-        if not path:
-            raise ValueError('distill: teacher_path is required (or ghost_init: pretrain_path, its default)')
         network_opt = opt.get('network') or plain_twin_options(self.opt['network_g'])
         teacher = build_network(dict(network_opt))
         param_key = opt.get('param_key', self.ghost_init_opt.get('param_key', 'params'))
@@ -125,8 +116,6 @@ class GhostSRModel(SRModel):
         way: same seed), and write the per-layer report to ``<experiment>/ghost_init.json``."""
         from ghostsr_plugin.cluster import atomic_write_json, cluster_init, report_summary
         init = self.ghost_init_opt
-        if not init.get('pretrain_path'):
-            raise ValueError('ghost_init: pretrain_path (the pre-trained plain model to cluster) is required')
         plain = load_checkpoint(init['pretrain_path'], init.get('param_key', 'params'))
         report = cluster_init(
             bare,
@@ -144,8 +133,6 @@ class GhostSRModel(SRModel):
         """BasicSR's optimizer, with the shift logits W' in their own group at ``ghost: shift_lr_mult`` x lr
         (default 1, the paper's setting; a short run can raise it so the offsets can move within its budget)."""
         mult = self.ghost_opt.get('shift_lr_mult', 1)
-        if not isinstance(mult, (int, float)) or mult <= 0:
-            raise ValueError(f'ghost: shift_lr_mult must be a positive number, got {mult!r}')
         train_opt = self.opt['train']
         logits, others = [], []
         for name, param in self.net_g.named_parameters():
@@ -308,6 +295,34 @@ class GhostSRModel(SRModel):
             get_root_logger().warning(f'GhostSRModel: the run was saved with iters_per_epoch={saved}, now '
                                       f'{self.iters_per_epoch}; keeping {saved} so the Gumbel schedule continues.')
             self.iters_per_epoch = saved
+
+
+def check_options(opt):
+    """GhostSRModel's option blocks, checked (allowed keys, values, what ``ghost_init`` / ``distill`` need) and
+    returned as ``(ghost, ghost_init, distill)``; a ValueError names the bad option. The model calls it, and so do
+    the entry points' up-front checks (``ghostsr_plugin.utils.options``) before BasicSR makes any folder."""
+    ghost = _checked_block(opt, 'ghost', GHOST_OPTION_KEYS)
+    ghost_init = _checked_block(opt, 'ghost_init', GHOST_INIT_KEYS)
+    distill = _checked_block(opt, 'distill', DISTILL_KEYS)
+    iters = ghost.get('iters_per_epoch')
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
+        raise ValueError(f'ghost: iters_per_epoch must be a positive integer or null (derived from the train set), '
+                         f'got {iters!r}')
+    _positive('ghost: shift_lr_mult', ghost.get('shift_lr_mult', 1))
+    _freeze_iteration(ghost.get('freeze_offsets_at'), opt)
+    _best_metric_option(opt)
+    if ghost_init and not ghost_init.get('pretrain_path'):
+        raise ValueError('ghost_init: pretrain_path (the pre-trained plain model to cluster) is required')
+    if distill:
+        _positive('distill: loss_weight', distill.get('loss_weight', 1.0))
+        if not (distill.get('teacher_path') or ghost_init.get('pretrain_path')):
+            raise ValueError('distill: teacher_path is required (or ghost_init: pretrain_path, its default)')
+    return ghost, ghost_init, distill
+
+
+def _positive(option, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f'{option} must be a positive number, got {value!r}')
 
 
 def _freeze_iteration(value, opt):

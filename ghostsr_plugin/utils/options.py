@@ -101,35 +101,14 @@ def check_ghost_model_options(opt):
     from ghostsr_plugin.models import ghostsr_model as gm
     if not issubclass(MODEL_REGISTRY.get(opt['model_type']), gm.GhostSRModel):
         return None
-    ghost = gm._checked_block(opt, 'ghost', gm.GHOST_OPTION_KEYS)
-    ghost_init = gm._checked_block(opt, 'ghost_init', gm.GHOST_INIT_KEYS)
-    distill = gm._checked_block(opt, 'distill', gm.DISTILL_KEYS)
-    iters = ghost.get('iters_per_epoch')
-    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
-        raise UserInputError(f'ghost: iters_per_epoch must be a positive integer or null (derived from the train '
-                             f'set), got {iters!r}')
-    _positive('ghost: shift_lr_mult', ghost.get('shift_lr_mult', 1))
-    if hasattr(gm, '_freeze_iteration'):  # the model's own checks of freeze_offsets_at and val: save_best
-        gm._freeze_iteration(ghost.get('freeze_offsets_at'), opt)
-    if hasattr(gm, '_best_metric_option'):
-        gm._best_metric_option(opt)
-    if ghost_init and not ghost_init.get('pretrain_path'):
-        raise UserInputError('ghost_init: pretrain_path (the pre-trained plain model to cluster) is required')
+    _, _, distill = gm.check_options(opt)
     if not distill:
         return None
-    _positive('distill: loss_weight', distill.get('loss_weight', 1.0))
-    if not (distill.get('teacher_path') or ghost_init.get('pretrain_path')):
-        raise UserInputError('distill: teacher_path is required (or ghost_init: pretrain_path, its default)')
     from ghostsr_plugin.cluster import plain_twin_options
     network = distill.get('network') or plain_twin_options(opt['network_g'])
     if network.get('type') not in ARCH_REGISTRY:
         raise UserInputError(f'distill: network type {network.get("type")!r} is not a registered architecture')
     return build_unloaded(network, 'distill: network')
-
-
-def _positive(option, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserInputError(f'{option} must be a positive number, got {value!r}')
 
 
 def _check_image_folder(option, folder):
