@@ -110,6 +110,9 @@ def export(args):
     check_writable(os.path.dirname(os.path.abspath(stem)))
 
     in_channels = next(m.in_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    if args.check is not None and in_channels != 3:
+        raise UserInputError(f'--check: {type(net).__name__} takes {in_channels}-channel input; --check reads RGB '
+                             'images, allowed only for 3-channel networks')
     probe = [('random 1x{}x23x37'.format(in_channels), torch.rand(1, in_channels, 23, 37))]
     inputs = probe + (images if args.check is not None else [])
     formats = ('onnx', 'pt2') if args.format == 'both' else (args.format, )
@@ -130,6 +133,7 @@ def export(args):
             reloaded = torch.export.load(io.BytesIO(data)).module()
             result = deploy.check_outputs(frozen, {'pt2': reloaded}, inputs)['pt2']
             path, atol = f'{stem}.pt2', args.atol
+            print(f'{stem}.pt2 calls the compiled ghost op {deploy.program_ghost_ops(program)} times')
         worst, image = _max_diff(result)
         if not worst <= atol:
             print(f'ghostsr_plugin.export: error: the {form} output differs from PyTorch by {worst:.3g} on {image} '
