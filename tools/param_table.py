@@ -2,7 +2,7 @@
 paper's Table 1 (Nie et al., GhostSR); with ``--generic``, the tables of ``ghostify`` (``type: Ghost``) over BasicSR's
 SR archs (params and FLOPs before / after) and over spandrel's architectures (which work, params before / after).
 
-    .venv/bin/python tools/param_table.py [--generic]
+    .venv/bin/python tools/param_table.py [--generic | --basicsr | --spandrel]
 
 Counts are of ``net.parameters()`` as built by the archs (Ghost nets at λ=0.5, d=1, learnable shift, so each
 ghost layer adds its 9 logits W'; CARN's frozen mean shifters count too, as in the authors' checkpoints).
@@ -56,10 +56,15 @@ BASICSR_X4 = [
     ('CARN', {'type': 'CARN', 'upscale': 4}),
     ('CARN_M', {'type': 'CARN_M', 'upscale': 4}),
 ]
-# spandrel architectures, built with their default hyperparameters
-SPANDREL = ['ESRGAN', 'Compact', 'SPAN', 'RCAN', 'SwinIR', 'OmniSR', 'PLKSR', 'RealPLKSR', 'SAFMN', 'DITN', 'Swin2SR',
-            'HAT', 'DAT', 'SwiftSRGAN', 'RealCUGAN', 'MoSR', 'ATD', 'DRCT']
-
+# spandrel architectures: (module, class, hyperparameters; the class defaults otherwise)
+SPANDREL = [('ESRGAN', 'ESRGAN', {}), ('Compact', 'Compact', {}), ('SPAN', 'SPAN', {'num_in_ch': 3, 'num_out_ch': 3}),
+            ('RCAN', 'RCAN', {}),
+            ('SwinIR', 'SwinIR', {'upscale': 4, 'img_size': 48, 'window_size': 8, 'embed_dim': 180, 'depths': [6] * 6,
+                                  'num_heads': [6] * 6, 'mlp_ratio': 2, 'upsampler': 'pixelshuffle'}),
+            ('OmniSR', 'OmniSR', {}), ('PLKSR', 'PLKSR', {}), ('PLKSR', 'RealPLKSR', {}), ('SAFMN', 'SAFMN', {}),
+            ('DITN', 'DITN', {}), ('Swin2SR', 'Swin2SR', {}), ('HAT', 'HAT', {}), ('DAT', 'DAT', {}),
+            ('SwiftSRGAN', 'SwiftSRGAN', {}), ('RealCUGAN', 'UpCunet2x', {}), ('MoSR', 'MoSR', {}), ('ATD', 'ATD', {}),
+            ('DRCT', 'DRCT', {})]
 
 def _short_error(err):
     """The reasons of a "no convolution to ghost" error, else the first line of the message."""
@@ -68,7 +73,7 @@ def _short_error(err):
     return text if len(text) < 200 else text[:197] + '...'
 
 
-def generic_tables(size=512):
+def basicsr_table(size=512):
     import warnings
     import torch
     from basicsr.archs import build_network
@@ -90,32 +95,49 @@ def generic_tables(size=512):
         macs = [count_macs(n, (1, channels, size, size)) / 1e9 for n in (plain, ghost)]
         print(f'| {label} | {sum(e["ghosted"] for e in report.values())} / {len(report)} | '
               f'{count_params(plain) / 1e6:.3f} | {count_params(ghost) / 1e6:.3f} | {macs[0]:.1f} | {macs[1]:.1f} |')
-    print(f'\n(GMACs: multiply-adds of one forward on a 1x{channels}x{size}x{size} LR input, FlopCounterMode)\n')
+    print(f'\n(GMACs: multiply-adds of one forward on a 1x3x{size}x{size} LR input (ECBSR: 1 channel), '
+          'FlopCounterMode)\n')
+
+
+def spandrel_table():
     import importlib
     import inspect
+    import warnings
+    import torch
     from spandrel import MAIN_REGISTRY
-    from torch import nn
+    from ghostsr_plugin.compress.ghostify import ghostify
+    from ghostsr_plugin.measure.complexity import count_params
+    warnings.simplefilter('ignore')
     print('| spandrel arch | works | ghosted / convs | params plain (M) | params Ghost (M) | note |')
     print('|---|---|---|---|---|---|')
-    for arch in SPANDREL:
-        module = importlib.import_module(f'spandrel.architectures.{arch}')
-        cls = next(getattr(module, n) for n in module.__all__
-                   if inspect.isclass(getattr(module, n)) and issubclass(getattr(module, n), nn.Module))
-        if arch == 'RealPLKSR':
-            cls = module.RealPLKSR
+    for module_name, class_name, kwargs in SPANDREL:
+        arch = class_name
+        try:
+            cls = getattr(importlib.import_module(f'spandrel.architectures.{module_name}'), class_name)
+        except (ImportError, AttributeError) as err:
+            print(f'| {arch} | - | - | - | - | not in this spandrel: {err} |')
+            continue
         required = {k: 3 for k, p in inspect.signature(cls).parameters.items()
                     if p.default is inspect.Parameter.empty and k in ('num_in_ch', 'num_out_ch', 'in_nc', 'out_nc')}
+        required.update(kwargs)
         torch.manual_seed(0)
         try:
             descriptor = MAIN_REGISTRY.load(cls(**required).state_dict())
         except Exception as err:  # noqa: BLE001 - the table says why
-            print(f'| {arch} | - | - | - | - | default network not loadable: {type(err).__name__} |')
+            print(f'| {arch} | - | - | - | - | not identified by spandrel from its own state dict: '
+                  f'{type(err).__name__} |')
             continue
         plain = descriptor.model.eval()
         req = descriptor.size_requirements
         side = -(-max(16, req.minimum) // req.multiple_of) * req.multiple_of
         try:
-            ghost = ghostify(plain, trace_size=side)
+            try:
+                ghost = ghostify(plain, trace_size=side)
+            except ValueError as err:  # e.g. HAT's overlapping windows: a larger tracing input
+                if 'does not run on' not in str(err):
+                    raise
+                side = 4 * side
+                ghost = ghostify(plain, trace_size=side)
             with torch.no_grad():
                 out = ghost.eval()(torch.rand(1, descriptor.input_channels, side, side))
             assert out.shape[-1] == side * descriptor.scale
@@ -129,8 +151,12 @@ def generic_tables(size=512):
 
 def main():
     import sys
-    if '--generic' in sys.argv[1:]:
-        return generic_tables()
+    if '--generic' in sys.argv[1:] or '--basicsr' in sys.argv[1:]:
+        basicsr_table()
+    if '--generic' in sys.argv[1:] or '--spandrel' in sys.argv[1:]:
+        spandrel_table()
+    if {'--generic', '--basicsr', '--spandrel'} & set(sys.argv[1:]):
+        return
     header = '| Model | Type | ' + ' | '.join(f'x{s} ours | x{s} paper' for s in SCALES) + ' |'
     print(header)
     print('|' + '---|' * (2 + 2 * len(SCALES)))
