@@ -127,13 +127,14 @@ def export(args):
             session = deploy.onnx_session(model)
             result = deploy.check_outputs(frozen, {'onnx': lambda x: deploy.run_onnx(session, x)}, inputs)['onnx']
             data, path, atol = model.SerializeToString(), f'{stem}.onnx', args.atol
+            note = f'; opset {next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))}'
         else:
             program = deploy.export_program(net, None, args.scale)
             data = deploy.program_bytes(program)
             reloaded = torch.export.load(io.BytesIO(data)).module()
             result = deploy.check_outputs(frozen, {'pt2': reloaded}, inputs)['pt2']
             path, atol = f'{stem}.pt2', args.atol
-            print(f'{stem}.pt2 calls the compiled ghost op {deploy.program_ghost_ops(program)} times')
+            note = f'; calls the compiled ghost op {deploy.program_ghost_ops(program)} times'
         worst, image = _max_diff(result)
         if not worst <= atol:
             print(f'ghostsr_plugin.export: error: the {form} output differs from PyTorch by {worst:.3g} on {image} '
@@ -141,7 +142,7 @@ def export(args):
             return 1
         atomic_write(path, lambda file, data=data: file.write(data))
         print(f'wrote {path} ({len(data) / 2**20:.2f} MiB); max |{form} - PyTorch| over {len(result)} inputs: '
-              f'{worst:.3g} ({image})')
+              f'{worst:.3g} ({image}){note}')
     return 0
 
 
