@@ -23,7 +23,7 @@ import types
 import yaml
 
 from ghostsr_plugin.compress.ghostify import GHOST_ARGS, format_report, ghostify as ghostify_network
-from ghostsr_plugin.utils.checkpoint import atomic_torch_save, atomic_write, load_checkpoint
+from ghostsr_plugin.utils.checkpoint import atomic_torch_save, atomic_write
 from ghostsr_plugin.utils.cli import UserInputError, run_command
 
 
@@ -58,10 +58,8 @@ def plain_network(args):
         raise UserInputError(f'{args.opt}: network {args.network_key} is already type Ghost; give the plain network')
     net = build_network(copy.deepcopy(opts))
     if args.pretrained:
-        from ghostsr_plugin.utils.checkpoint import check_state_dict_fits
-        state = load_checkpoint(args.pretrained, args.param_key)
-        check_state_dict_fits(net, state, args.pretrained)
-        net.load_state_dict(state)
+        from ghostsr_plugin.utils.network import load_weights
+        load_weights(net, args.pretrained, args.param_key)
     return net, opts, args.trace_size, opts['type']
 
 

@@ -71,6 +71,9 @@ def test_ghost_options_are_checked():
         build_network({'type': 'Ghost', 'network': 'EDSR'})
     with pytest.raises(ValueError, match='cannot wrap another Ghost'):
         build_network({'type': 'Ghost', 'network': {'type': 'Ghost'}})
+    with pytest.raises(ValueError, match="type Ghost has no option 'ghost_rate'; allowed: network, ghost_ratio"):
+        build_network({'type': 'Ghost', 'network': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3},
+                       'ghost_rate': 0.5})
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -171,3 +174,15 @@ def test_import_does_not_load_spandrel():
     code = 'import sys, ghostsr_plugin; print("spandrel" in sys.modules, callable(ghostsr_plugin.ghostify))'
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           check=True).stdout.split() == ['False', 'True']
+
+
+def test_spandrel_safetensors_file(tmp_path, capsys):
+    pytest.importorskip('spandrel')
+    from safetensors.torch import save_file
+    from ghostsr_plugin.ghostify import main
+    torch.manual_seed(0)
+    save_file(spandrel_nets()['Compact']().state_dict(), str(tmp_path / 'compact.safetensors'))
+    out = str(tmp_path / 'ghost.pth')
+    assert main(['--model', str(tmp_path / 'compact.safetensors'), '--out', out, '--n_init', '1', '--no_progress']) == 0
+    assert 'ghost  body.2: eligible' in capsys.readouterr().out
+    assert set(torch.load(out, weights_only=True)['params']) >= {'body.2.ghost_index', 'ghost_schedule.iteration'}

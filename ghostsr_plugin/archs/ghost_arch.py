@@ -11,23 +11,11 @@ An option file becomes a Ghost one by wrapping its network (checkpoints of the p
 import copy
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.compress.ghostify import GHOST_ARGS_DOC, ghostify
+from ghostsr_plugin.compress.ghostify import GHOST_ARGS, GHOST_ARGS_DOC, ghostify
 
 
 @ARCH_REGISTRY.register()
-def Ghost(network,
-          ghost_ratio=0.5,
-          ghost_d=1,
-          shift_mode='learnable',
-          fixed_offset=(0, -1),
-          gumbel_a=0.97,
-          gumbel_tau=1.0,
-          iters_per_epoch=1000,
-          gumbel_seed=0,
-          include=None,
-          exclude=None,
-          fuse=True,
-          trace_size=16):
+def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, **ghost_args):
     """Build ``network`` (BasicSR options of the plain network) and return its Ghost version
     (:func:`ghostsr_plugin.compress.ghostify.ghostify`): the plain network's class and state-dict names, plus the
     ghost layers' channel maps / shift logits and ``ghost_schedule``.
@@ -44,9 +32,12 @@ def Ghost(network,
         raise ValueError(f'network_g: type Ghost needs network: {{type: <plain arch>, ...}}, got {network!r}')
     if network['type'] == 'Ghost':
         raise ValueError('network_g: type Ghost cannot wrap another Ghost network')
+    unknown = [k for k in ghost_args if k not in GHOST_ARGS]
+    if unknown:
+        raise ValueError(f'network_g: type Ghost has no option {unknown[0]!r}; allowed: network, '
+                         f'{", ".join(GHOST_ARGS)}, include, exclude, fuse, trace_size')
     net = build_network(copy.deepcopy(network))
-    return ghostify(net, ghost_ratio, ghost_d, shift_mode, fixed_offset, gumbel_a, gumbel_tau, iters_per_epoch,
-                    gumbel_seed, include=include, exclude=exclude, fuse=fuse, trace_size=trace_size, inplace=True)
+    return ghostify(net, **ghost_args, include=include, exclude=exclude, fuse=fuse, trace_size=trace_size, inplace=True)
 
 
 Ghost.__doc__ = Ghost.__doc__.replace('{ghost_args}', GHOST_ARGS_DOC)

@@ -28,7 +28,14 @@ def require_spandrel():
 def load_model(path):
     """spandrel's model descriptor of checkpoint ``path`` (architecture detected from the state dict)."""
     spandrel = require_spandrel()
-    state = load_checkpoint(path, 'params_ema')  # BasicSR wrappers unwrapped; a bare state dict as is
+    if str(path).lower().endswith('.safetensors'):  # a format that holds tensors only
+        import os
+        from safetensors.torch import load_file
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'checkpoint not found: {path}')
+        state = load_file(path, device='cpu')
+    else:
+        state = load_checkpoint(path, 'params_ema')  # weights_only; BasicSR wrappers unwrapped, bare dicts as is
     try:
         return spandrel.MAIN_REGISTRY.load(state)
     except spandrel.UnsupportedModelError as err:
