@@ -13,7 +13,7 @@ each Ghost network next to its plain twin; written as markdown, JSON and a PNG p
   scale and the same arguments (``cluster.plain_twin_options``); its rows give the ratios to that twin.
 
 The plot: with PSNR, PSNR against latency (when measured) and against FLOPs, one row per set, an arrow from each
-plain network to each of its Ghost twins; without PSNR, the Ghost / plain ratios of params, FLOPs (and latency) of
+plain network to each of its Ghost twins (cost axes from 0 unless logarithmic); without PSNR, the Ghost / plain ratios of params, FLOPs (and latency) of
 every pair as bars (or, with no pairs, latency or params against FLOPs).
 """
 import json
@@ -252,6 +252,11 @@ def _scatter(ax, entries, x_axis, y_axis):
     ax.set_ylabel(y_name)
     ax.grid(True, alpha=0.3)
     ax.margins(0.15)
+    xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
+    if xs and ax.get_xscale() == 'linear':  # costs from 0, so that a 3 % change looks like one
+        ax.set_xlim(0, 1.3 * max(xs))
+    if ys and ax.get_yscale() == 'linear' and 'PSNR' not in y_name:
+        ax.set_ylim(0, 1.15 * max(ys))
 
 
 def _ratio_bars(ax, entries, latency):
