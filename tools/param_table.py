@@ -62,9 +62,10 @@ SPANDREL = [('ESRGAN', 'ESRGAN', {}), ('Compact', 'Compact', {}), ('SPAN', 'SPAN
             ('SwinIR', 'SwinIR', {'upscale': 4, 'img_size': 48, 'window_size': 8, 'embed_dim': 180, 'depths': [6] * 6,
                                   'num_heads': [6] * 6, 'mlp_ratio': 2, 'upsampler': 'pixelshuffle'}),
             ('OmniSR', 'OmniSR', {}), ('PLKSR', 'PLKSR', {}), ('PLKSR', 'RealPLKSR', {}), ('SAFMN', 'SAFMN', {}),
-            ('DITN', 'DITN', {}), ('Swin2SR', 'Swin2SR', {}), ('HAT', 'HAT', {}), ('DAT', 'DAT', {}),
+            ('DITN', 'DITN', {}), ('Swin2SR', 'Swin2SR', {'upscale': 4, 'upsampler': 'pixelshuffle'}),
+            ('HAT', 'HAT', {'upscale': 4, 'upsampler': 'pixelshuffle', 'window_size': 16}), ('DAT', 'DAT', {}),
             ('SwiftSRGAN', 'SwiftSRGAN', {}), ('RealCUGAN', 'UpCunet2x', {}), ('MoSR', 'MoSR', {}), ('ATD', 'ATD', {}),
-            ('DRCT', 'DRCT', {})]
+            ('DRCT', 'DRCT', {'upscale': 4, 'upsampler': 'pixelshuffle'})]
 
 def _short_error(err):
     """The reasons of a "no convolution to ghost" error, else the first line of the message."""
@@ -80,7 +81,7 @@ def basicsr_table(size=512):
     from ghostsr_plugin.compress.ghostify import ghostify
     from ghostsr_plugin.measure.complexity import count_macs, count_params
     warnings.simplefilter('ignore')
-    print(f'| arch (x4) | ghosted / convs | params plain (M) | params Ghost (M) | GMACs plain | GMACs Ghost |')
+    print('| arch (x4) | ghosted / convs | params plain (M) | params Ghost (M) | GMACs plain | GMACs Ghost |')
     print('|---|---|---|---|---|---|')
     for label, opt in BASICSR_X4:
         torch.manual_seed(0)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ghostsr_plugin.ops.ghost_conv import GhostConv2d, GhostOptions, GhostSchedule, ghost_layers
+from ghostsr_plugin.ops.ghost_conv import GhostOptions, GhostSchedule, ghost_layers
 
 __all__ = ['ghostify', 'ghost_arch', 'format_report', 'GHOST_ARGS', 'GHOST_ARGS_DOC', 'UPSAMPLERS']
 
