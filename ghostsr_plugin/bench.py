@@ -41,7 +41,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest='command', required=True)
     speed_parser = commands.add_parser('speed', parents=[common],
                                        help='op bandwidth and GhostEDSR / EDSR latency ratios')
-    speed_parser.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu')
+    speed_parser.add_argument('--device', choices=('cpu', 'cuda'),
+                              default='cuda' if torch.cuda.is_available() else 'cpu')
     speed_parser.add_argument('--quick', action='store_true', help='few repetitions (smoke test)')
     speed_parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
     speed_parser.add_argument('--json', help='also write the numbers to this JSON file')

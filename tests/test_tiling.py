@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ghostsr_plugin  # noqa: F401
+import ghostsr_plugin  # noqa: F401  (registers the archs; BasicSR compat)
 from basicsr.archs.edsr_arch import EDSR
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.deploy.tiling import Upscaler, check_tiling, tile_boxes

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import yaml
 
-import ghostsr_plugin  # noqa: F401  (registration; makes basicsr importable)
+import ghostsr_plugin  # noqa: F401  (registers the archs; BasicSR compat)
 from basicsr.archs import build_network
 
 TINY = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1)

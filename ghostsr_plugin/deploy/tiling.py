@@ -120,8 +120,8 @@ class Upscaler:
             out = self.net(lq.to(self.device, self.dtype), **self.kwargs).float().cpu()
         expected = (lq.shape[2] * self.scale, lq.shape[3] * self.scale)
         if tuple(out.shape[2:]) != expected:
-            raise UserInputError(f'the network made {tuple(out.shape[2:])} from {tuple(lq.shape[2:])}, not x{self.scale} '
-                                 f'{expected}: is "scale" of the option file the network\'s scale?')
+            raise UserInputError(f'the network made {tuple(out.shape[2:])} from {tuple(lq.shape[2:])}, not '
+                                 f'x{self.scale} {expected}: is "scale" of the option file the network\'s scale?')
         return out
 
     def run(self, lq):

@@ -1,6 +1,7 @@
 """Parameters and multiply-adds of a network, counted by PyTorch (``torch.utils.flop_counter``), not by hand.
 
-FLOPs in SR papers are multiply-accumulates (GhostSR's Table 1: EDSR x2, 10679 G for a 3x512x512 LR input); ``FlopCounterMode`` counts 2 per multiply-add, so :func:`count_macs` halves its total. A ghost
+FLOPs in SR papers are multiply-accumulates (GhostSR's Table 1: EDSR x2, 10679 G for a 3x512x512 LR input);
+``FlopCounterMode`` counts 2 per multiply-add, so :func:`count_macs` halves its total. A ghost
 move is a data movement and counts zero (the compiled op has no FLOP formula; the reference path is indexing).
 """
 import copy

@@ -13,8 +13,8 @@ each Ghost network next to its plain twin; written as markdown, JSON and a PNG p
   scale and the same arguments (``cluster.plain_twin_options``); its rows give the ratios to that twin.
 
 The plot: with PSNR, PSNR against latency (when measured) and against FLOPs, one row per set, an arrow from each
-plain network to each of its Ghost twins (cost axes from 0 unless logarithmic); without PSNR, the Ghost / plain ratios of params, FLOPs (and latency) of
-every pair as bars (or, with no pairs, latency or params against FLOPs).
+plain network to each of its Ghost twins (cost axes from 0 unless logarithmic); without PSNR, the Ghost / plain
+ratios of params, FLOPs (and latency) of every pair as bars (or, with no pairs, latency or params against FLOPs).
 """
 import json
 import os
