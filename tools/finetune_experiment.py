@@ -179,15 +179,9 @@ def parse_set(text):
 
 
 def machine():
-    import platform
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as file:
-            cpu = next(line.split(':', 1)[1].strip() for line in file if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}'
+    from ghostsr_plugin.measure.bench import device_name
+    return f'{device_name(torch.device("cpu"))}, {os.cpu_count()} cores'
 
 
 def prepare_inputs(data):

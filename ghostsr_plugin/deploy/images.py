@@ -25,15 +25,9 @@ _FORMAT_OF_EXTENSION = {'.png': 'png', '.jpg': 'jpg', '.jpeg': 'jpg', '.webp': '
 
 
 def write_bytes(path, data):
-    """Write ``data`` to ``path`` through :func:`atomic_write`, with the permissions a plain ``open`` would give
-    (the temporary file's 0600 widened to 0666 less the umask): outputs meant to be shared stay readable."""
-    def write(file):
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(file.fileno(), 0o666 & ~umask)
-        file.write(data)
-
-    atomic_write(path, write)
+    """Write ``data`` to ``path`` through :func:`atomic_write` (temporary name, then rename; the mode a plain
+    ``open`` would give under the umask)."""
+    atomic_write(path, lambda file: file.write(data))
 
 
 def list_inputs(path):
