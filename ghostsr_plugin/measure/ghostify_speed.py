@@ -1,6 +1,6 @@
 """Speed of a ghostified network against its hand-written Ghost twin (issue 11, item 6), timed side by side.
 
-    python -m ghostsr_plugin.compress.speed [--threads 2] [--reps 20] [--size 128] [--timer wall|thread]
+    python -m ghostsr_plugin.measure.ghostify_speed [--threads 2] [--reps 20] [--size 128] [--timer wall|thread]
 
 GhostEDSR-baseline x2 (num_feat 64, num_block 16) against ``ghostify(EDSR-baseline x2)`` with the same weights (and
 ``ghostify(..., fuse=False)``, to show what the fused epilogues give), eval, fp32, 1x3xSxS on the CPU, NCHW and
@@ -41,7 +41,7 @@ def thread_timer(fn):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.compress.speed', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.measure.ghostify_speed', description=__doc__.split('\n\n')[0])
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (2)')
     parser.add_argument('--reps', type=int, default=20, help='timed repetitions of each network (20)')
     parser.add_argument('--size', type=int, default=128, help='LR input side (128)')
@@ -77,4 +77,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_command('ghostsr_plugin.compress.speed', main))
+    sys.exit(run_command('ghostsr_plugin.measure.ghostify_speed', main))
