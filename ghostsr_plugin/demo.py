@@ -40,8 +40,8 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
-from ghostsr_plugin.cluster import cluster_init
-from ghostsr_plugin.convert import convert_carn
+from ghostsr_plugin.compress.cluster import cluster_init
+from ghostsr_plugin.compress.convert import convert_carn
 from ghostsr_plugin.evaluate import evaluate, set_pairs
 from ghostsr_plugin.prepare_data import prepare
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint

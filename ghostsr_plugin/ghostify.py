@@ -97,7 +97,8 @@ def main(argv=None):
     if args.model and args.pretrained:
         raise UserInputError('--pretrained goes with -opt / --arch; --model is the checkpoint itself')
 
-    from ghostsr_plugin.cluster import atomic_write_json, cluster_init, report_summary
+    from ghostsr_plugin.compress.cluster import cluster_init, report_summary
+    from ghostsr_plugin.utils.checkpoint import atomic_write_json
     net, plain_opts, trace_size, source = plain_network(args)
     ghost_args = {k: (list(getattr(args, k)) if isinstance(v, tuple) else getattr(args, k)) for k, v in
                   GHOST_ARGS.items()}

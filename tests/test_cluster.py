@@ -9,7 +9,8 @@ import yaml
 import ghostsr_plugin  # noqa: F401  (registration)
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin import cluster
+from ghostsr_plugin import cluster as cluster_command
+from ghostsr_plugin.compress import cluster
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.ops.shift import centre_offset, shift_to_offset
 
@@ -331,7 +332,7 @@ def test_cli_writes_checkpoint_and_report(tmp_path):
     out = tmp_path / 'sub' / 'ghost.pth'
     args = ['-opt', str(tmp_path / 'opt.yml'), '--pretrained', str(tmp_path / 'plain.pth'), '--out', str(out),
             '--seed', '1', '--n_init', str(N_INIT), '--init_offset', 'centre', '--no_progress']
-    assert cluster.main(args) == 0
+    assert cluster_command.main(args) == 0
     saved = torch.load(out, weights_only=True)
     fresh = GhostEDSR(**FAMILIES['EDSR'][2])
     fresh.load_state_dict(saved['params'], strict=True)
@@ -356,6 +357,6 @@ def test_cli_bad_checkpoint_exits_with_the_key(tmp_path):
     with open(tmp_path / 'opt.yml', 'w') as file:
         yaml.safe_dump({'network_g': {'type': 'GhostEDSR', **FAMILIES['EDSR'][2]}}, file)
     with pytest.raises(SystemExit, match="conv_first.weight"):
-        cluster.main(['-opt', str(tmp_path / 'opt.yml'), '--pretrained', str(tmp_path / 'wide.pth'), '--out',
+        cluster_command.main(['-opt', str(tmp_path / 'opt.yml'), '--pretrained', str(tmp_path / 'wide.pth'), '--out',
                       str(tmp_path / 'g.pth'), '--no_progress'])
     assert not (tmp_path / 'g.pth').exists()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import ghostsr_plugin  # noqa: F401  (registration)
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin import convert
+from ghostsr_plugin.compress.convert import convert_carn, infer_carn_args, single_scale
 from ghostsr_plugin.utils.cli import run_command
 
 CARN_M_WEIGHTS = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'weights', 'carn_m.pth')
@@ -109,7 +110,7 @@ def test_conversion_is_exact(tmp_path, arch, mobile, num_feat):
 
 def test_single_scale_cut(tmp_path):
     state = authors_state_dict(True, 16, prefix='')
-    converted, network = convert.convert_carn(state, 'CARN_M', scale=3)
+    converted, network = convert_carn(state, 'CARN_M', scale=3)
     assert network == {'type': 'CARN_M', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 16, 'group': 4,
                        'multi_scale': False, 'upscale': 3}
     assert not any(k.startswith(('upsample.up2', 'upsample.up3', 'upsample.up4')) for k in converted)
@@ -119,8 +120,8 @@ def test_single_scale_cut(tmp_path):
     with torch.no_grad():
         assert torch.equal(net(x), functional_carn(state, x, 3, True))
     # a single-scale checkpoint is recognised with its scale
-    assert convert.infer_carn_args(convert.single_scale(state, 4), 'CARN_M')['upscale'] == 4
-    assert convert.infer_carn_args(convert.single_scale(state, 2), 'CARN_M')['upscale'] == 2
+    assert infer_carn_args(single_scale(state, 4), 'CARN_M')['upscale'] == 4
+    assert infer_carn_args(single_scale(state, 2), 'CARN_M')['upscale'] == 2
 
 
 @pytest.mark.skipif(not os.path.isfile(CARN_M_WEIGHTS), reason='the real carn_m.pth is not available')
@@ -182,7 +183,7 @@ def test_other_families_are_named(family, state, message, scale, tmp_path, capsy
 
 
 def test_single_scale_checkpoint_with_scale(tmp_path, capsys):
-    single = convert.single_scale(authors_state_dict(True, 16, prefix=''), 2)
+    single = single_scale(authors_state_dict(True, 16, prefix=''), 2)
     torch.save(single, tmp_path / 'single.pth')
     assert _convert(['--arch', 'CARN_M', '--in', tmp_path / 'single.pth', '--out', tmp_path / 'x.pth', '--scale', 2]) == 2
     assert 'it is a single-scale CARN checkpoint; convert it without --scale' in capsys.readouterr().err

@@ -11,7 +11,7 @@ import yaml
 
 import ghostsr_plugin  # noqa: F401
 from basicsr.archs import build_network
-from ghostsr_plugin.cluster import plain_twin_options
+from ghostsr_plugin.compress.cluster import plain_twin_options
 from ghostsr_plugin.ops import ghost_layers
 
 # (plain options at scale 2, number of ghosted layers)

@@ -13,7 +13,7 @@ from basicsr.archs.edsr_arch import EDSR
 from ghostsr_plugin.archs.carn_arch import CARN, CARN_M, GhostCARN, GhostCARN_M
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.archs.rdn_arch import RDN, GhostRDN
-from ghostsr_plugin.cluster import cluster_init
+from ghostsr_plugin.compress.cluster import cluster_init
 from ghostsr_plugin.compress.ghostify import format_report, ghostify
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
 

@@ -137,7 +137,7 @@ def evaluate_checkpoint(opt, path, data, sets):
 
 
 def train_and_record(name, args):
-    from ghostsr_plugin.cluster import atomic_write_json
+    from ghostsr_plugin.utils.checkpoint import atomic_write_json
     base, overrides = RUNS[name]
     overrides = {**overrides, **dict(parse_set(s) for s in args.set)}
     opt = run_options(name, base, overrides, args.iters, args.workers)
@@ -186,7 +186,7 @@ def machine():
 
 def prepare_inputs(data):
     """The training pairs (cached under datasets/) and the converted CARN_M the option files point at."""
-    from ghostsr_plugin.convert import convert_carn
+    from ghostsr_plugin.compress.convert import convert_carn
     from ghostsr_plugin.demo import LR_PATCH, large_enough
     from ghostsr_plugin.prepare_data import prepare
     from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint

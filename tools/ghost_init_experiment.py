@@ -35,8 +35,9 @@ sys.path.insert(0, ROOT)
 
 import ghostsr_plugin  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
-from ghostsr_plugin.cluster import atomic_write_json, cluster_init  # noqa: E402
-from ghostsr_plugin.convert import convert_carn  # noqa: E402
+from ghostsr_plugin.compress.cluster import cluster_init  # noqa: E402
+from ghostsr_plugin.utils.checkpoint import atomic_write_json  # noqa: E402
+from ghostsr_plugin.compress.convert import convert_carn  # noqa: E402
 from ghostsr_plugin.measure.bench import device_name  # noqa: E402
 from ghostsr_plugin.demo import LR_PATCH, bicubic_scores, ghost_network, large_enough, net_scores  # noqa: E402
 from ghostsr_plugin.prepare_data import prepare  # noqa: E402

@@ -102,7 +102,7 @@ def load_entries(specs, labels=None, network_key='network_g'):
 
 def pair_twins(entries):
     """Set ``twin`` of every Ghost entry to the first plain entry with its plain twin's type, scale and arguments."""
-    from ghostsr_plugin.cluster import plain_twin_options
+    from ghostsr_plugin.compress.cluster import plain_twin_options
     for ghost in (e for e in entries if e.is_ghost):
         twin_opt = plain_twin_options(ghost.network)
         ghost.twin = next((p.label for p in entries if not p.is_ghost and p.scale == ghost.scale

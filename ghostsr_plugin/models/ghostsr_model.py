@@ -97,7 +97,7 @@ class GhostSRModel(SRModel):
 
     def _build_teacher(self):
         """The frozen plain teacher of ``distill:`` (eval mode, no gradients, never saved)."""
-        from ghostsr_plugin.cluster import plain_twin_options
+        from ghostsr_plugin.compress.cluster import plain_twin_options
         opt = self.distill_opt
         weight = opt.get('loss_weight', 1.0)
         path = opt.get('teacher_path') or self.ghost_init_opt.get('pretrain_path')
@@ -114,7 +114,8 @@ class GhostSRModel(SRModel):
     def _ghost_init(self, bare):
         """§3.2 / Alg. 1 lines 1-3: cluster the pre-trained plain model into this Ghost network (every rank the same
         way: same seed), and write the per-layer report to ``<experiment>/ghost_init.json``."""
-        from ghostsr_plugin.cluster import atomic_write_json, cluster_init, report_summary
+        from ghostsr_plugin.compress.cluster import cluster_init, report_summary
+        from ghostsr_plugin.utils.checkpoint import atomic_write_json
         init = self.ghost_init_opt
         plain = load_checkpoint(init['pretrain_path'], init.get('param_key', 'params'))
         report = cluster_init(
@@ -256,7 +257,7 @@ class GhostSRModel(SRModel):
 
     @master_only
     def _save_best(self):
-        from ghostsr_plugin.cluster import atomic_write_json
+        from ghostsr_plugin.utils.checkpoint import atomic_write_json
         models = self.opt['path']['models']
         if getattr(self, 'net_g_ema', None) is not None:
             self.save_network([self.net_g, self.net_g_ema], 'net_g', 'best', param_key=['params', 'params_ema'])

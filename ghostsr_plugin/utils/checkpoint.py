@@ -10,6 +10,7 @@
   does not fit.
 """
 import errno
+import json
 import os
 import re
 import tempfile
@@ -18,7 +19,7 @@ import zipfile
 
 import torch
 
-__all__ = ['CheckpointError', 'NoSpaceLeftError', 'atomic_write', 'atomic_torch_save', 'default_file_mode',
+__all__ = ['atomic_write_json', 'CheckpointError', 'NoSpaceLeftError', 'atomic_write', 'atomic_torch_save', 'default_file_mode',
            'remove_temporaries', 'torch_load', 'load_checkpoint', 'check_state_dict_fits']
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -88,6 +89,11 @@ def atomic_write(path, write, mode='wb'):
                                    f'{os.path.basename(path)}; it was not written, the files already there are '
                                    'intact') from err
         raise
+
+
+def atomic_write_json(obj, path):
+    """Write ``obj`` as indented JSON, atomically (temporary file beside ``path``, then rename)."""
+    atomic_write(path, lambda file: file.write(json.dumps(obj, indent=1) + '\n'), mode='w')
 
 
 def atomic_torch_save(obj, path):

@@ -104,7 +104,7 @@ def check_ghost_model_options(opt):
     _, _, distill = gm.check_options(opt)
     if not distill:
         return None
-    from ghostsr_plugin.cluster import plain_twin_options
+    from ghostsr_plugin.compress.cluster import plain_twin_options
     network = distill.get('network') or plain_twin_options(opt['network_g'])
     if network.get('type') not in ARCH_REGISTRY:
         raise UserInputError(f'distill: network type {network.get("type")!r} is not a registered architecture')
@@ -202,7 +202,7 @@ def check_checkpoints(opt, nets=None, resuming=False):
     """Load every checkpoint the run reads (``weights_only=True``, memory-mapped) and check that it fits:
     ``path: pretrain_network_*`` (strict ones against their network), ``ghost_init: pretrain_path`` (against the
     plain twin of network_g; not when ``resuming``), ``distill: teacher_path`` (against the teacher)."""
-    from ghostsr_plugin.cluster import check_plain_state_dict
+    from ghostsr_plugin.compress.cluster import check_plain_state_dict
     nets = check_networks(opt) if nets is None else nets
     path_opt = opt.get('path') or {}
     for key, net in nets.items():
