@@ -11,15 +11,9 @@ heads of the authors' released models, trained by the multi-scale scheme of §4.
 """
 import ghostsr_plugin  # noqa: F401  (before basicsr: registers the archs, torchvision compat)
 from basicsr.utils.registry import ARCH_REGISTRY
+from ghostsr_plugin.measure.report import PAPER_TABLE1  # noqa: E402
 
 SCALES = (2, 3, 4)
-# Table 1, Params (M): {model: ((conv x2, ghost x2), (conv x3, ghost x3), (conv x4, ghost x4))}
-PAPER = {
-    'EDSR': ((40.72, 21.63), (43.71, 24.53), (43.14, 23.93)),
-    'RDN': ((22.11, 11.54), (22.33, 11.73), (22.21, 11.64)),
-    'CARN': ((1.59, 1.19), ) * 3,
-    'CARN_M': ((0.41, 0.33), ) * 3,
-}
 # (row label, paper model, plain arch, ghost arch, arguments; ``scale`` is filled in)
 ROWS = [
     ('EDSR-L', 'EDSR', 'EDSR', 'GhostEDSR', dict(num_in_ch=3, num_out_ch=3, num_feat=256, num_block=32, res_scale=0.1)),
@@ -164,8 +158,8 @@ def main():
     for label, paper_name, plain, ghost, kwargs in ROWS:
         for kind, arch in ((0, plain), (1, ghost)):
             cells = []
-            for i, scale in enumerate(SCALES):
-                cells += [f'{count(arch, scale, kwargs):.2f}', f'{PAPER[paper_name][i][kind]:.2f}']
+            for scale in SCALES:
+                cells += [f'{count(arch, scale, kwargs):.2f}', f'{PAPER_TABLE1[(paper_name, scale)][kind][0]:.2f}']
             print(f'| {label} | {("Conv", "GhostSR")[kind]} ({arch}) | ' + ' | '.join(cells) + ' |')
 
 
