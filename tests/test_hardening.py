@@ -121,6 +121,16 @@ LOAD_PATHS = {
                                       c.plant('experiments/exp/training_states/8.state'),
                                       ('ghostsr_plugin.train', ['-opt', c.train_opt(), '--auto_resume']))[-1],
     'test path: pretrain_network_g': lambda c: ('ghostsr_plugin.test', ['-opt', c.test_opt(pretrain=c.evil)]),
+    'upscale --ckpt': lambda c: ('ghostsr_plugin.upscale', [
+        '-i', c.image, '-o', c.tmp / 'up', '-opt', c.test_opt(), '--ckpt', c.evil, '--device', 'cpu']),
+    'report OPT:CKPT': lambda c: ('ghostsr_plugin.report', [
+        f'{c.test_opt()}:{c.evil}', '--set', 'Tiny', '--data', c.bench, '--no-latency', '--out', c.tmp / 'rep']),
+    'export --ckpt': lambda c: ('ghostsr_plugin.export', [
+        '-opt', c.test_opt(), '--ckpt', c.evil, '--out', c.tmp / 'exported', '--format', 'pt2']),
+    'ghostify --pretrained': lambda c: ('ghostsr_plugin.ghostify', [
+        '--arch', 'EDSR', '--arch_args', '{"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2}',
+        '--pretrained', c.evil, '--out', c.tmp / 'gh.pth']),
+    'ghostify --model (spandrel)': lambda c: ('ghostsr_plugin.ghostify', ['--model', c.evil, '--out', c.tmp / 'gh.pth']),
 }
 
 

@@ -141,14 +141,16 @@ def measure(entries, sets=(), data_root=None, latency_size=(1, 3, 128, 128), flo
             paper=False, param_key='params', progress=True):
     """Measure every entry in place; returns the settings (device, threads, dtype, sizes, ...) as a dict.
 
-    Complexity first (it also loads every checkpoint, so a bad one stops the run before the long parts), then the
-    latency groups, then quality for entries with a checkpoint.
+    Every checkpoint is loaded (and fitted) and every set listed first, before any progress bar, so bad input stops
+    the run with one line; then complexity, the latency groups, and quality for entries with a checkpoint.
     """
     from ghostsr_plugin.evaluate import evaluate, set_pairs
     device = torch.device(device)
     pair_twins(entries)
     quality_entries = [e for e in entries if e.ckpt is not None]
     pairs = {(name, e.scale): set_pairs(data_root, name, e.scale) for e in quality_entries for name in sets}
+    for entry in quality_entries:
+        _load(entry, 'cpu', param_key)
     for entry in tqdm(entries, desc='params, FLOPs', unit='net', disable=not progress):
         net = _load(entry, 'cpu', param_key)
         entry.params = count_params(net)
