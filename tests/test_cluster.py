@@ -352,11 +352,15 @@ def test_cli_writes_checkpoint_and_report(tmp_path):
             assert torch.equal(value, saved['params'][key]), key
 
 
-def test_cli_bad_checkpoint_exits_with_the_key(tmp_path):
+def test_cli_bad_checkpoint_exits_with_the_key(tmp_path, capsys):
     torch.save({'params': EDSR(3, 3, num_feat=16, num_block=2, upscale=2).state_dict()}, tmp_path / 'wide.pth')
     with open(tmp_path / 'opt.yml', 'w') as file:
         yaml.safe_dump({'network_g': {'type': 'GhostEDSR', **FAMILIES['EDSR'][2]}}, file)
-    with pytest.raises(SystemExit, match="conv_first.weight"):
-        cluster_command.main(['-opt', str(tmp_path / 'opt.yml'), '--pretrained', str(tmp_path / 'wide.pth'), '--out',
-                      str(tmp_path / 'g.pth'), '--no_progress'])
+    from ghostsr_plugin.utils.cli import run_command
+    code = run_command('ghostsr_plugin.cluster', cluster_command.main,
+                       ['-opt', str(tmp_path / 'opt.yml'), '--pretrained', str(tmp_path / 'wide.pth'), '--out',
+                        str(tmp_path / 'g.pth'), '--no_progress'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith('ghostsr_plugin.cluster: error: ')
+    assert 'conv_first.weight' in err[0]
     assert not (tmp_path / 'g.pth').exists()
