@@ -5,7 +5,8 @@
 * :func:`remove_temporaries`: what a killed save left behind (only this module's own temporary names).
 * :func:`torch_load`: ``torch.load(weights_only=True)`` with one clear line per failure naming the file: refused
   content (a pickle that would import a function, e.g. ``os.system``: nothing in it runs), truncated or damaged
-  files, files that are no PyTorch checkpoint. PyTorch's advice to retry with ``weights_only=False`` is never passed on.
+  files, files that are no PyTorch checkpoint. PyTorch's advice to retry with the weights-only check switched off
+  is never passed on.
 * :func:`load_checkpoint`, :func:`check_state_dict_fits`: a network's state dict, and the first key or shape that
   does not fit.
 """
