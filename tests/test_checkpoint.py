@@ -5,6 +5,7 @@ import errno
 import io
 import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -41,11 +42,22 @@ def test_damaged_files_are_named(tmp_path):
         (tmp_path / 'cut.pth').write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match=f'^{tmp_path / "cut.pth"} is truncated or damaged \\({cut} bytes'):
             load_checkpoint(str(tmp_path / 'cut.pth'))
-    (tmp_path / 'random.pth').write_bytes(os.urandom(3000))
-    with pytest.raises(CheckpointError) as info:
-        load_checkpoint(str(tmp_path / 'random.pth'))
-    assert info.value.damaged and str(info.value).startswith(f'{tmp_path / "random.pth"} is not a PyTorch checkpoint')
-    assert 'weights_only' not in str(info.value)
+    # Random bytes (seeded; first bytes not 'PK' nor a pickle protocol opcode, which torch.save files start with):
+    # once some random bytes parsed as a pickle far enough to be called truncated, so the rule is the file's head.
+    rng = random.Random(0)
+    for _ in range(200):
+        data = rng.randbytes(3000)
+        if data[:2] == b'PK' or data[0] == 0x80:
+            continue
+        (tmp_path / 'random.pth').write_bytes(data)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(str(tmp_path / 'random.pth'))
+        assert info.value.damaged and str(info.value).startswith(f'{tmp_path / "random.pth"} is not a PyTorch '
+                                                                 'checkpoint'), str(info.value)
+        assert 'weights_only' not in str(info.value)
+    (tmp_path / 'text.pth').write_text('not a checkpoint\n')
+    with pytest.raises(CheckpointError, match='is not a PyTorch checkpoint'):
+        load_checkpoint(str(tmp_path / 'text.pth'))
     with pytest.raises(FileNotFoundError, match='checkpoint not found: .*nope.pth'):
         load_checkpoint(str(tmp_path / 'nope.pth'))
 

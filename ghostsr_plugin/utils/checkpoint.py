@@ -122,6 +122,13 @@ def _refused_global(message):
     return match.group(1) if match else None
 
 
+def _looks_like_torch_file(path):
+    """Whether ``path`` starts as torch.save writes: a zip archive (``PK``) or a legacy pickle (protocol opcode)."""
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    return head == b'PK' or head[:1] == b'\x80'
+
+
 def torch_load(path, what='checkpoint', map_location='cpu', mmap=False):
     """``torch.load(path, weights_only=True)``; failures become one line naming ``path``.
 
@@ -145,7 +152,7 @@ def torch_load(path, what='checkpoint', map_location='cpu', mmap=False):
                 f'{path} was not loaded: it refers to {refused}, which is not a tensor, number, string or plain '
                 f'container; a {what} holds only those (it was read with weights_only=True, nothing in it ran)',
                 damaged=False) from err
-        if 'Unsupported operand' in message or 'invalid load key' in message:
+        if not _looks_like_torch_file(path):
             raise CheckpointError(f'{path} is not a PyTorch {what} ({size} bytes): neither the zip archive '
                                   'torch.save writes nor a pickle of tensors', damaged=True) from err
         reason = message.split('. ')[0].strip() or type(err).__name__
