@@ -1,7 +1,7 @@
 """ghostsr_plugin.utils.resume: training states load weights-only (a hostile one is refused, naming it);
 --auto_resume passes over damaged newest states to the newest complete one, and never restarts an experiment whose
 states are all damaged; temporary files are never picked."""
-import os
+import random
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_newest_state_is_resumed(tmp_path):
 def test_damaged_newest_state_is_skipped(damage, tmp_path, capsys):
     folder = _states(tmp_path)
     data = (folder / '10.state').read_bytes()
-    damaged = {'truncated': data[:len(data) // 2], 'empty': b'', 'random bytes': os.urandom(500)}[damage]
+    damaged = {'truncated': data[:len(data) // 2], 'empty': b'', 'random bytes': random.Random(0).randbytes(500)}[damage]
     (folder / '12.state').write_bytes(damaged)
     opt = _opt(tmp_path)
     assert load_resume_state(opt)['iter'] == 10
