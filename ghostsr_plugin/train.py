@@ -13,14 +13,19 @@ Differences from ``python basicsr/train.py``:
   naming it) and resumes on CPU too (:mod:`ghostsr_plugin.utils.resume`);
 * at the start of an experiment, temporary files that a killed save left in its ``models/`` and
   ``training_states/`` are removed (only the names ``.<file>.XXXXXXXX.tmp`` the plugin's atomic writes use);
+* the run reaches ``total_iter``: BasicSR counts ceil(images / batch) iterations per epoch but its loader drops the
+  last partial batch, so a run could stop early (1926 of 2000 iterations in issue 12's recipe); the epoch count is
+  taken from the loader's real length instead;
 * outputs go under the current folder rather than BasicSR's install folder, and glibc's malloc keeps tensors in the
   heap (:mod:`ghostsr_plugin.utils.malloc`; ~27 % faster CPU training steps here).
 """
+import math
 import os
 import sys
 
 import ghostsr_plugin  # noqa: F401  (registers archs and models; makes basicsr importable)
 from basicsr import train as basicsr_train
+from basicsr.utils import get_root_logger
 from ghostsr_plugin.utils.checkpoint import remove_temporaries
 from ghostsr_plugin.utils.cli import run_command
 from ghostsr_plugin.utils.malloc import tune_malloc
@@ -36,6 +41,7 @@ def main(argv=None, root_path=None):
         sys.argv[1:] = list(argv)
     check_options_cli(COMMAND, is_train=True)
     parse_options, load_state, checked = basicsr_train.parse_options, basicsr_train.load_resume_state, {}
+    create_loaders = basicsr_train.create_train_val_dataloader
 
     def checked_parse_options(root_path, is_train=True):  # BasicSR's, then every check that reads no experiment file
         opt, args, checked['nets'], checked['printed'] = parse_and_check(parse_options, root_path, is_train)
@@ -51,12 +57,31 @@ def main(argv=None, root_path=None):
                     print(f'removed {path}, left by a save that was killed', flush=True)
         return resume_state
 
+    def loaders_reaching_total_iter(opt, logger):
+        train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_loaders(opt, logger)
+        if train_loader is not None:
+            total_epochs = epochs_for(total_iters, len(train_loader), total_epochs)
+        return train_loader, train_sampler, val_loaders, total_epochs, total_iters
+
     tune_malloc()  # far fewer page faults per CPU training step (see ghostsr_plugin/utils/malloc.py)
     basicsr_train.parse_options, basicsr_train.load_resume_state = checked_parse_options, prepare_run
+    basicsr_train.create_train_val_dataloader = loaders_reaching_total_iter
     try:
         basicsr_train.train_pipeline(root_path or os.getcwd())
     finally:
         basicsr_train.parse_options, basicsr_train.load_resume_state = parse_options, load_state
+        basicsr_train.create_train_val_dataloader = create_loaders
+
+
+def epochs_for(total_iters, batches_per_epoch, basicsr_epochs):
+    """Epochs for BasicSR's loop (``range(start_epoch, total_epochs + 1)``) to reach ``total_iters`` iterations with
+    ``batches_per_epoch`` batches an epoch (the loader's length, after ``drop_last``); BasicSR's own count
+    ``basicsr_epochs`` when it already suffices."""
+    needed = math.ceil(total_iters / max(batches_per_epoch, 1))
+    if needed > basicsr_epochs:
+        get_root_logger().info(f'The train loader yields {batches_per_epoch} batches an epoch (the last partial '
+                               f'batch dropped): {needed} epochs, not {basicsr_epochs}, reach {total_iters} iterations.')
+    return max(needed, basicsr_epochs)
 
 
 if __name__ == '__main__':

@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny generated paired dataset (disk and LMDB) and option files for short training runs."""
 import os
+import random
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import ghostsr_plugin  # noqa: F401  (registration; makes basicsr importable)
@@ -22,6 +24,14 @@ def _smooth_image(rng, size):
     y, x = np.mgrid[0:size, 0:size] / size
     channels = [np.sin(2 * np.pi * (rng.uniform(1, 4) * x + rng.uniform(1, 4) * y) + rng.uniform(0, 6)) for _ in range(3)]
     return ((np.stack(channels, -1) * 0.4 + 0.5) * 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state (torch, numpy, random), so a failure reproduces."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture(scope='session')

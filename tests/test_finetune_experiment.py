@@ -1,7 +1,8 @@
 """tools/finetune_experiment.py (issue 12's runner): the validation curve read from a BasicSR log (minutes from the
 start of training, iteration, PSNR; BasicSR's repeated final validation counted once), and a run's options with
 the budget scaled by --iters (iterations, cosine period, Gumbel epoch, frequencies; a fractional freeze point
-stays a fraction), overrides applied by dotted keys, null removing a block."""
+stays a fraction), overrides applied by dotted keys, null removing a block; the iterations a run really trained
+read from its checkpoint."""
 import os
 import sys
 
@@ -42,3 +43,11 @@ def test_run_options_scale_the_budget_and_apply_overrides():
     full = fx.run_options('learnable_s0', fx.RECIPE, {})
     assert full['train']['total_iter'] == 2000 and full['val']['save_best'] == 'psnr'
     assert full['ghost_init']['init_offset'] is None  # W' as the paper starts it, not pinned to "no move"
+
+
+def test_trained_iter_is_the_checkpoints_schedule_counter(tmp_path):
+    """The recorded iterations are the network's own step counter, not the option's total_iter."""
+    import torch
+    path = tmp_path / 'net_g_latest.pth'
+    torch.save({'params': {'ghost_schedule.iteration': torch.tensor(1926), 'w': torch.zeros(1)}}, path)
+    assert fx.trained_iter(str(path)) == 1926

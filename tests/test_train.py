@@ -188,3 +188,15 @@ def test_ghost_init_clusters_before_training_and_not_on_resume(tiny_data, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = _log(tmp_path, 'init_run')
     assert 'Resuming training' in log and 'clustered from' not in log
+
+
+def test_run_reaches_total_iter_when_the_loader_drops_a_partial_batch(tiny_data, tmp_path):
+    """6 images, batch 4: BasicSR counts 2 iterations an epoch, its loader yields 1 (drop_last), so BasicSR's own
+    loop stopped at iteration 4 of 5; the plugin's entry point sizes the epochs by the loader and reaches 5."""
+    opt = train_options('reach_total', TINY_NETS['GhostEDSR'], tiny_data, total_iter=5)
+    opt['datasets']['train']['batch_size_per_gpu'] = 4
+    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '5 epochs, not 3, reach 5 iterations' in _log(tmp_path, 'reach_total')
+    state = torch.load(tmp_path / 'experiments' / 'reach_total' / 'models' / 'net_g_latest.pth', weights_only=True)
+    assert int(state['params']['ghost_schedule.iteration']) == 5

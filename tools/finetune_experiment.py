@@ -110,6 +110,14 @@ def validation_curve(log_text, metric='psnr'):
     return curve
 
 
+def trained_iter(checkpoint):
+    """Iterations the network of ``checkpoint`` was trained for: its Gumbel schedule's counter, which GhostSRModel
+    advances once per training step (BasicSR's own count can stop short of ``total_iter``, see ghostsr_plugin.train)."""
+    import torch
+    params = torch.load(checkpoint, map_location='cpu', weights_only=True)['params']
+    return int(params['ghost_schedule.iteration'])
+
+
 def _results_path(results, ext):
     return os.path.join(ROOT, 'docs', 'results', f'{results}.{ext}')
 
@@ -157,6 +165,7 @@ def train_and_record(name, args):
     with open(os.path.join(exp, logs[-1])) as file:
         curve = validation_curve(file.read())
     record = {'base': base, 'overrides': overrides, 'total_iter': opt['train']['total_iter'],
+              'trained_iter': trained_iter(os.path.join(exp, 'models', 'net_g_latest.pth')),
               'wall_minutes': round(minutes, 1), 'machine': machine(), 'curve_set5_psnr': curve}
     for label, ckpt in (('last', 'net_g_latest.pth'), ('best', 'net_g_best.pth')):
         path = os.path.join(exp, 'models', ckpt)
@@ -210,7 +219,7 @@ def write_report(results, name):
         cells = ' | '.join(f'{r["last"][s]["psnr"]:.2f} / {r["best"][s]["psnr"]:.2f}' if 'best' in r else
                            f'{r["last"][s]["psnr"]:.2f} / -' for s in sets)
         moved = sum(v != [0, 0] for v in r.get('last_offsets', {}).values())
-        lines.append(f'| {run} | {r["total_iter"]} | {r["wall_minutes"]} | {cells} | '
+        lines.append(f'| {run} | {r.get("trained_iter", r["total_iter"])} | {r["wall_minutes"]} | {cells} | '
                      f'{moved} of {len(r.get("last_offsets", {}))} moved |')
     machines = sorted({r['machine'] for r in runs.values()})
     lines.append('\nY-PSNR (dB), crop_border 2. "best": the checkpoint of the best Set5 validation (`val: save_best`). '
