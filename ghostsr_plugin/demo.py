@@ -14,7 +14,10 @@ Steps (every one through the plugin's public pieces, training through BasicSR's 
    right after clustering, GhostCARN_M after the fine-tune; also written to ``<work>/results.json``.
 
 The fine-tune is the recipe of ``tools/ghost_init_experiment.py`` (Adam lr 5e-4 with cosine decay, the ground truth
-plus the CARN_M's own output as targets, offsets starting at "no move") with the paper's Gumbel schedule.
+plus the CARN_M's own output as targets, offsets starting at "no move") with the paper's Gumbel schedule, and the
+offsets fixed at their argmax W' for the last quarter, as in issue 12's recipe (``options/finetune_GhostCARN_M_x2.yml``):
+late flips between near-tied offsets, which the weights have no steps left to follow, are what that freeze prevents.
+The start stays "no move": at this budget the paper's unbiased start costs PSNR (README, issue 12's runs).
 
 Data layout expected under ``--data`` (``../shared/data`` in this project)::
 
@@ -52,6 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data'))
 NEEDED = ('train/T91', 'train/BSD200', 'benchmark/Set5/HR', 'benchmark/Set14/HR', 'weights/carn_m.pth')
 BATCH, LR_PATCH = 16, 48  # §4.1
+FREEZE_OFFSETS_AT = 0.75  # fraction of total_iter, as options/finetune_GhostCARN_M_x2.yml (issue 12)
 
 
 def check_data(data):
@@ -124,7 +128,7 @@ def train_options(name, scale, train_data, data, pretrained, total_iter, meta_pa
         'network_g': ghost_network(scale),
         'ghost_init': {'pretrain_path': pretrained, 'param_key': 'params', 'seed': 0, 'init_offset': 'centre',
                        'offset_margin': 3.0},
-        'ghost': {'iters_per_epoch': None, 'log_offsets': True},
+        'ghost': {'iters_per_epoch': None, 'log_offsets': True, 'freeze_offsets_at': FREEZE_OFFSETS_AT},
         'distill': {'loss_weight': 1.0},  # the CARN_M as teacher too (see README, "GhostCARN_M from the real ...")
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {

@@ -1,5 +1,6 @@
 """The README's main job, cut to 2 training iterations and Set5: it runs end to end on the real data and prints the
-table, with the converted CARN_M at its reference Set5 x2 figure (37.68 dB)."""
+table, with the converted CARN_M at its reference Set5 x2 figure (37.68 dB), and freezes the offsets for the last
+quarter of the fine-tune as issue 12's recipe does."""
 import os
 import re
 
@@ -17,6 +18,8 @@ def test_demo_end_to_end(tmp_path):
     assert float(rows['CARN_M (pre-trained)']) == pytest.approx(37.68, abs=0.01)
     assert float(rows['bicubic']) < float(rows['GhostCARN_M, clustered, no training']) < 37.68
     assert (tmp_path / 'experiments' / 'GhostCARN_M_x2_demo' / 'results.json').is_file()
+    log = next((tmp_path / 'experiments' / 'GhostCARN_M_x2_demo').glob('train_*.log')).read_text()
+    assert "offsets frozen at iteration 2 (argmax W')" in log  # the last quarter of 2 iterations, as the recipe
 
 
 def test_demo_names_missing_data(tmp_path):
