@@ -142,3 +142,18 @@ def test_fused_relu_equals_conv_then_relu(backend, monkeypatch):
     twin = nn.Sequential(nn.Conv2d(6, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 4, 1))
     assert [k for k in ghosted.state_dict() if not k.startswith('0.shift') and k != '0.ghost_index'] == \
         list(twin.state_dict())
+
+
+def test_network_deepcopies_after_a_training_forward():
+    """An EMA/SWA copy (``copy.deepcopy``) made after a training step works: before, the layers' per-forward plan
+    held Gumbel probabilities inside the autograd graph and deepcopy raised. The copy computes the same eval output."""
+    import copy
+    from basicsr.archs import build_network
+    net = build_network({'type': 'GhostEDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                         'upscale': 2})
+    net.ghost_schedule.driven = True  # as under GhostSRModel (no warning)
+    net.train()(torch.rand(1, 3, 8, 8)).mean().backward()
+    twin = copy.deepcopy(net)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(x), net.eval()(x))

@@ -95,6 +95,13 @@ class GhostConv2d(nn.Conv2d):
         self.set_index(None)
         self._plan = None  # (offset, probs) set by GhostSchedule for the current forward
 
+    def __getstate__(self):
+        """Copies and pickles leave out the current forward's plan: its probabilities are part of that forward's
+        autograd graph, which ``copy.deepcopy`` refuses (an EMA or SWA copy made after a training step)."""
+        state = self.__dict__.copy()
+        state['_plan'] = None
+        return state
+
     @property
     def num_intrinsic(self):
         return self.out_channels
