@@ -157,3 +157,19 @@ def test_network_deepcopies_after_a_training_forward():
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(twin.eval()(x), net.eval()(x))
+
+
+@pytest.mark.parametrize('options', [
+    {'type': 'GhostEDSR', 'num_feat': 8, 'num_block': 1},
+    {'type': 'GhostRDN', 'num_feat': 8, 'num_block': 1, 'num_layer': 2, 'num_grow_ch': 8},
+    {'type': 'GhostCARN', 'num_feat': 8},
+    {'type': 'GhostCARN_M', 'num_feat': 8}])
+def test_ghost_networks_build_on_the_meta_device(options):
+    """Shapes without memory (option checks, big configs): the channel map is checked on the CPU and the archs make
+    no CPU tensor of their own (before: ``Tensor.item() cannot be called on meta tensors``, and RDN's mean was a CPU
+    tensor that failed the trace)."""
+    from basicsr.archs import build_network
+    with torch.device('meta'):
+        net = build_network({**options, 'num_in_ch': 3, 'num_out_ch': 3, 'upscale': 2})
+    assert {p.device.type for p in net.parameters()} == {'meta'}
+    assert {b.device.type for b in net.buffers()} == {'meta'}

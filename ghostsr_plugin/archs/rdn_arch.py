@@ -43,7 +43,7 @@ class _RDNBase(nn.Module):
         super().__init__()
         check_upscale(upscale, arch)
         self.img_range = img_range
-        self.register_buffer('mean', torch.Tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
         # shallow feature extraction: F_-1 (kept for the global residual) and F_0
         self.SFENet1 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)

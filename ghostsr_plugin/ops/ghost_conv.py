@@ -109,9 +109,10 @@ class GhostConv2d(nn.Conv2d):
     def set_index(self, index):
         """Set the channel map (see :mod:`ghostsr_plugin.ops.shift`); ``None`` restores the default [I, G]."""
         from ghostsr_plugin.ops.shift import default_index
-        if index is None:
-            index = default_index(self.full_out_channels, self.num_intrinsic)
-        index = torch.as_tensor(index, dtype=torch.long)
+        with torch.device('cpu'):  # checked on the CPU, also when the network is built on the meta device
+            if index is None:
+                index = default_index(self.full_out_channels, self.num_intrinsic)
+            index = torch.as_tensor(index, dtype=torch.long)
         if index.shape != (self.full_out_channels, ) or int(index.min()) < 0 or int(index.max()) >= 2 * self.num_intrinsic:
             raise ValueError(f'{self.name or "GhostConv2d"}: channel map must hold {self.full_out_channels} values in '
                              f'[0, {2 * self.num_intrinsic - 1}], got shape {tuple(index.shape)}')
