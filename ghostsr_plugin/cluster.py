@@ -8,10 +8,10 @@ pre-trained plain checkpoint, write a BasicSR checkpoint and the per-layer JSON 
 import argparse
 import sys
 
-from ghostsr_plugin.compress.cluster import cluster_init, load_state_dict_file, report_summary
+from ghostsr_plugin.compress.cluster import cluster_init, load_state_dict_file, plain_state_for, report_summary
 from ghostsr_plugin.utils.checkpoint import atomic_torch_save, atomic_write_json
 from ghostsr_plugin.utils.cli import run_command
-from ghostsr_plugin.utils.network import build_network_from_options
+from ghostsr_plugin.utils.network import build_network_from_options, network_options
 
 
 def main(argv=None):
@@ -36,7 +36,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     net = build_network_from_options(args.opt, args.network_key)
-    plain = load_state_dict_file(args.pretrained, args.param_key)
+    plain = plain_state_for(network_options(args.opt, args.network_key),
+                            load_state_dict_file(args.pretrained, args.param_key), args.pretrained)
     report = cluster_init(net, plain, seed=args.seed, n_init=args.n_init, init_offset=args.init_offset,
                           offset_margin=args.offset_margin, progress=not args.no_progress)
     report.update({'network': type(net).__name__, 'option_file': args.opt, 'pretrained': args.pretrained,

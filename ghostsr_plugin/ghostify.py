@@ -11,6 +11,10 @@ written by ``--opt_out``), so ``python -m ghostsr_plugin.evaluate -opt <that fil
 GhostSRModel fine-tuning load it. Without a checkpoint (``-opt`` / ``--arch`` and no ``--pretrained``) the Ghost
 network keeps the plain network's initialisation.
 
+Re-parameterised blocks (SPAN's Conv3XC, ECBSR's ECB) are merged into their deploy 3×3 conv first, in the network and
+in the checkpoint clustered into it (:mod:`ghostsr_plugin.compress.reparam`; ``--no_reparameterize`` keeps them, and
+ghostify then refuses their convs). The Ghost network then trains the merged convs directly, without the branches.
+
 As a module attribute, ``ghostsr_plugin.ghostify`` stays callable: ``ghostsr_plugin.ghostify(net)`` is
 :func:`ghostsr_plugin.compress.ghostify.ghostify` whether or not this command module was imported.
 """
@@ -86,6 +90,9 @@ def main(argv=None):
     parser.add_argument('--include', nargs='+', help='fnmatch patterns of convs to ghost beyond the §4.1 rule')
     parser.add_argument('--exclude', nargs='+', help='fnmatch patterns of convs to keep plain')
     parser.add_argument('--trace_size', type=int, default=16, help='side of the tracing input (16)')
+    parser.add_argument('--no_reparameterize', action='store_true',
+                        help='keep re-parameterised blocks (SPAN, ECBSR) as they are instead of merging each into its '
+                        'deploy 3x3 conv first (their convs are then refused)')
     parser.add_argument('--no_cluster', action='store_true',
                         help='keep the plain weights\' first filters instead of clustering (§3.2)')
     parser.add_argument('--seed', type=int, default=0, help='k-means random_state (0)')
@@ -98,6 +105,7 @@ def main(argv=None):
         raise UserInputError('--pretrained goes with -opt / --arch; --model is the checkpoint itself')
 
     from ghostsr_plugin.compress.cluster import cluster_init, report_summary
+    from ghostsr_plugin.compress.reparam import merged_state_dict
     from ghostsr_plugin.utils.checkpoint import atomic_write_json
     net, plain_opts, trace_size, source = plain_network(args)
     ghost_args = {k: (list(getattr(args, k)) if isinstance(v, tuple) else getattr(args, k)) for k, v in
@@ -108,8 +116,12 @@ def main(argv=None):
             ghost_opts[key] = list(getattr(args, key))
     if trace_size != 16:
         ghost_opts['trace_size'] = trace_size
-    plain_state = net.state_dict()
-    ghost = ghostify_network(net, **ghost_args, include=args.include, exclude=args.exclude, trace_size=trace_size)
+    if args.no_reparameterize:
+        ghost_opts['reparameterize'] = False
+    # the checkpoint as the Ghost network needs it: its re-parameterised blocks merged as ghostify merges them
+    plain_state = net.state_dict() if args.no_reparameterize else merged_state_dict(net)
+    ghost = ghostify_network(net, **ghost_args, include=args.include, exclude=args.exclude, trace_size=trace_size,
+                             reparameterize=not args.no_reparameterize)
     print(format_report(ghost.ghostify_report))
     report = {'source': args.model or args.opt or args.arch, 'architecture': source, 'network_g': ghost_opts,
               'ghostify': ghost.ghostify_report}

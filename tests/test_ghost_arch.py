@@ -1,8 +1,9 @@
 """``type: Ghost`` over BasicSR 1.4.2's SR archs and the plugin's own (tiny configs): each builds, clusters from a
 randomly initialised plain twin (ghost_init:) and runs a GhostSRModel training step with the plain twin as teacher
-(distill:); ECBSR (re-parameterised in eval) is refused by name. spandrel checkpoints (random init, saved to files)
-go through ``python -m ghostsr_plugin.ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed
-options load, with the right output size; SPAN and unidentifiable files are one clear error."""
+(distill:); ECBSR's re-parameterised blocks are merged first (its branch checkpoint too), and refused by name with
+reparameterize: false. spandrel checkpoints (random init, saved to files), SPAN included (merged first), go through
+``python -m ghostsr_plugin.ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed options load,
+with the right output size; unidentifiable files and SPAN with --no_reparameterize are one clear error."""
 import json
 
 import pytest
@@ -28,6 +29,8 @@ BASICSR_ARCHS = {
     'RDN': ({'type': 'RDN', 'num_feat': 8, 'num_block': 1, 'num_layer': 2, 'num_grow_ch': 8, 'upscale': 2}, 4),
     'CARN': ({'type': 'CARN', 'num_feat': 8, 'upscale': 2}, 18),
     'CARN_M': ({'type': 'CARN_M', 'num_feat': 8, 'upscale': 2}, 6),
+    'ECBSR': ({'type': 'ECBSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_block': 2, 'num_channel': 8, 'with_idt': False,
+               'act_type': 'prelu', 'scale': 2}, 2),  # re-parameterised: merged first, its checkpoint too
 }
 
 
@@ -59,11 +62,10 @@ def test_basicsr_arch_clusters_and_trains_under_ghostsr_model(arch, tiny_data, t
         assert model.net_g(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
 
 
-def test_ecbsr_is_refused_with_the_reason():
-    opt = {'type': 'ECBSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_block': 1, 'num_channel': 8, 'with_idt': False,
-           'act_type': 'prelu', 'scale': 2}
-    with pytest.raises(ValueError, match='no convolution to ghost.*outside its own forward'):
-        build_network({'type': 'Ghost', 'network': opt})
+def test_ecbsr_without_reparameterize_is_refused_with_the_reason():
+    opt = BASICSR_ARCHS['ECBSR'][0]
+    with pytest.raises(ValueError, match='no convolution to ghost.*outside its own forward.*reparameterize=True'):
+        build_network({'type': 'Ghost', 'network': opt, 'reparameterize': False})
 
 
 def test_ghost_options_are_checked():
@@ -86,6 +88,7 @@ def spandrel_nets():
     from spandrel.architectures.Compact import Compact
     from spandrel.architectures.ESRGAN import ESRGAN
     from spandrel.architectures.RCAN import RCAN
+    from spandrel.architectures.SPAN import SPAN
     from spandrel.architectures.SwinIR import SwinIR
     return {
         'ESRGAN': lambda: ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2),
@@ -93,10 +96,11 @@ def spandrel_nets():
         'RCAN': lambda: RCAN(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2, scale=2),
         'SwinIR': lambda: SwinIR(img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4, upscale=2,
                                  upsampler='pixelshuffle'),
+        'SPAN': lambda: SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2),  # Conv3XC merged first
     }
 
 
-@pytest.mark.parametrize('arch', ['ESRGAN', 'Compact', 'RCAN', 'SwinIR'])
+@pytest.mark.parametrize('arch', ['ESRGAN', 'Compact', 'RCAN', 'SwinIR', 'SPAN'])
 def test_spandrel_checkpoint_to_ghost_checkpoint(arch, tmp_path, capsys):
     from ghostsr_plugin.ghostify import main as command_main
     from ghostsr_plugin.utils.network import load_network
@@ -126,7 +130,8 @@ def test_spandrel_bad_inputs_are_one_error(tmp_path, capsys):
     torch.save(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict(), tmp_path / 'span.pth')
     torch.save({'foo.weight': torch.zeros(2, 2)}, tmp_path / 'unknown.pth')
     out = str(tmp_path / 'ghost.pth')
-    assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'span.pth'), '--out', out]) == 2
+    assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'span.pth'), '--out', out,
+                                                         '--no_reparameterize']) == 2
     assert 'SPAN has no convolution to ghost' in capsys.readouterr().err
     assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'unknown.pth'), '--out', out]) == 2
     err = capsys.readouterr().err

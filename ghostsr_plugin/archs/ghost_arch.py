@@ -7,6 +7,12 @@ An option file becomes a Ghost one by wrapping its network (checkpoints of the p
       type: Ghost
       network: {type: MSRResNet, num_in_ch: 3, num_out_ch: 3, upscale: 4}
       ghost_ratio: 0.5          # and the other ghost arguments, include / exclude
+      reparameterize: true      # the default: re-parameterised blocks (SPAN, ECBSR) are merged first
+
+A network with re-parameterised blocks (SPAN's Conv3XC, ECBSR's ECB) is ghostified in its deploy form (each block
+one 3×3 conv, :mod:`ghostsr_plugin.compress.reparam`); its checkpoints, which hold the branches, are merged the same
+way before clustering (:func:`ghostsr_plugin.compress.cluster.plain_state_for`), and the ``distill:`` teacher is the
+original network. Limitation: such a Ghost network trains the merged 3×3 convs directly, without the branches.
 """
 import copy
 
@@ -15,7 +21,7 @@ from ghostsr_plugin.compress.ghostify import GHOST_ARGS, GHOST_ARGS_DOC, ghostif
 
 
 @ARCH_REGISTRY.register()
-def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, **ghost_args):
+def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, reparameterize=True, **ghost_args):
     """Build ``network`` (BasicSR options of the plain network) and return its Ghost version
     (:func:`ghostsr_plugin.compress.ghostify.ghostify`): the plain network's class and state-dict names, plus the
     ghost layers' channel maps / shift logits and ``ghost_schedule``.
@@ -26,6 +32,8 @@ def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, **ghost
         include, exclude (list[str]): ``fnmatch`` patterns of convolutions to ghost / keep plain beyond §4.1's rule.
         fuse (bool): fuse ReLU / residual epilogues into the ghost op. Default True.
         trace_size (int): side of the input of the tracing forward (raise it for networks that need more). Default 16.
+        reparameterize (bool): merge re-parameterised blocks into their deploy 3×3 conv first, so that they are
+            ghosted (and then trained) as plain convs. Default True.
     """
     from basicsr.archs import build_network
     if not isinstance(network, dict) or 'type' not in network:
@@ -35,9 +43,10 @@ def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, **ghost
     unknown = [k for k in ghost_args if k not in GHOST_ARGS]
     if unknown:
         raise ValueError(f'network_g: type Ghost has no option {unknown[0]!r}; allowed: network, '
-                         f'{", ".join(GHOST_ARGS)}, include, exclude, fuse, trace_size')
+                         f'{", ".join(GHOST_ARGS)}, include, exclude, fuse, trace_size, reparameterize')
     net = build_network(copy.deepcopy(network))
-    return ghostify(net, **ghost_args, include=include, exclude=exclude, fuse=fuse, trace_size=trace_size, inplace=True)
+    return ghostify(net, **ghost_args, include=include, exclude=exclude, fuse=fuse, trace_size=trace_size,
+                    reparameterize=reparameterize, inplace=True)
 
 
 Ghost.__doc__ = Ghost.__doc__.replace('{ghost_args}', GHOST_ARGS_DOC)

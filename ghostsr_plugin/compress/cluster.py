@@ -45,7 +45,7 @@ from ghostsr_plugin.ops.shift import centre_offset, shift_to_offset
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
 
 __all__ = [
-    'load_state_dict_file', 'check_plain_state_dict', 'plain_twin_options', 'trace_ghost_inputs',
+    'load_state_dict_file', 'check_plain_state_dict', 'plain_twin_options', 'plain_state_for', 'trace_ghost_inputs',
     'cluster_filters', 'screen_mask', 'cluster_init', 'set_offset_logits', 'report_summary'
 ]
 
@@ -139,6 +139,28 @@ def plain_twin_options(network_opt):
                          'plain version is registered (GhostEDSR, GhostRDN, GhostCARN, GhostCARN_M), or Ghost')
     accepted = inspect.signature(ARCH_REGISTRY.get(plain_type)).parameters
     return {'type': plain_type, **{k: v for k, v in network_opt.items() if k != 'type' and k in accepted}}
+
+
+def plain_state_for(network_opt, plain_state, source='checkpoint'):
+    """``plain_state``, a checkpoint of the plain network, in the form :func:`cluster_init` needs for the Ghost
+    network built from ``network_opt`` (the one place where a plain checkpoint is merged before clustering).
+
+    A ``type: Ghost`` network merges its re-parameterised blocks first (``reparameterize``, default true; see
+    :mod:`ghostsr_plugin.compress.reparam`), so it clusters from its plain twin's deploy form. A checkpoint that holds
+    the blocks' branch weights is loaded into the plain twin (strictly; ``source`` names it in the error), merged,
+    and its deploy-form state dict returned. Any other checkpoint (already in deploy form, of a network without
+    such blocks, of a hand-written Ghost arch's twin) is returned as is; :func:`cluster_init` checks that it fits.
+    """
+    from basicsr.archs import build_network
+    from ghostsr_plugin.compress.reparam import merge_reparameterized, merged_state_dict
+    if network_opt.get('type') != 'Ghost' or not network_opt.get('reparameterize', True):
+        return plain_state
+    twin = build_network(plain_twin_options(network_opt))
+    merged, blocks = merge_reparameterized(twin)
+    branch_keys = set(twin.state_dict()) - set(merged.state_dict())
+    if not blocks or branch_keys.isdisjoint(plain_state):
+        return plain_state
+    return merged_state_dict(twin, plain_state, source)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ Rules (the default, §4.1):
   upsampler (PixelShuffle or interpolation, through channel-wise ops such as activations);
 * ``include`` / ``exclude`` (``fnmatch`` patterns on module names) override the kept-plain rules (``exclude`` wins).
 
+Re-parameterised blocks (SPAN's ``Conv3XC``, ECBSR's ``ECB``: branches merged into one 3×3 kernel in eval mode)
+are first replaced by their deploy form, one plain 3×3 conv (``reparameterize=True``, the default;
+:mod:`ghostsr_plugin.compress.reparam`), which can then be ghosted like any other. Limitation: such a Ghost network
+trains the merged deploy convs directly, not the original branches.
+
 Each ghosted layer becomes a :class:`~ghostsr_plugin.ops.ghost_conv.GhostConv2d` under the same name (state-dict
 ``weight`` / ``bias`` keep their names with the intrinsic filters only), initialised with the plain layer's first
 (1-λ)·c_o filters. The network gets ``ghost_schedule`` (a :class:`GhostSchedule`, as every hand-written Ghost arch)
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ghostsr_plugin.compress.reparam import merge_reparameterized
 from ghostsr_plugin.ops.ghost_conv import GhostOptions, GhostSchedule, ghost_layers
 
 __all__ = ['ghostify', 'ghost_arch', 'format_report', 'GHOST_ARGS', 'GHOST_ARGS_DOC', 'UPSAMPLERS']
@@ -419,7 +425,8 @@ def ghostify(net,
              fuse=True,
              example_inputs=None,
              trace_size=16,
-             inplace=False):
+             inplace=False,
+             reparameterize=True):
     """The Ghost version of any convolutional SR network (see the module docstring for the rules).
 
     Args:
@@ -434,11 +441,16 @@ def ghostify(net,
             input, C the first convolution's input channels.
         trace_size (int): side of the default trace input. Default 16.
         inplace (bool): transform ``net`` itself instead of a deep copy.
+        reparameterize (bool): first replace the known re-parameterised blocks by their deploy form
+            (:func:`ghostsr_plugin.compress.reparam.merge_reparameterized`): their merged 3×3 convs are then ghosted
+            and trained directly, without the branches. Default True.
 
     Returns:
         nn.Module: the Ghost network (the same class, the same state-dict names plus ``ghost_index`` /
-        ``shift_logits`` per ghost layer and ``ghost_schedule.iteration``), with ``ghostify_report``:
-        ``{conv name: {'ghosted': bool, 'reason': str, 'fused': None | 'relu' | 'residual'}}``.
+        ``shift_logits`` per ghost layer and ``ghost_schedule.iteration``; a merged block's names are those of its
+        deploy form), with ``ghostify_report``: ``{conv name: {'ghosted': bool, 'reason': str,
+        'fused': None | 'relu' | 'residual', 'merged': None | block class}}`` (``merged``: the conv is the deploy
+        form of that re-parameterised block).
     """
     if ghost_layers(net):
         raise ValueError(f'ghostify: {type(net).__name__} already has ghost layers (GhostConv2d); give the plain '
@@ -447,6 +459,9 @@ def ghostify(net,
     schedule = GhostSchedule(gumbel_a, gumbel_tau, iters_per_epoch, gumbel_seed)
     if not inplace:
         net = copy.deepcopy(net)
+    merged = {}
+    if reparameterize:
+        net, merged = merge_reparameterized(net, inplace=True)
     convs = _convs(net)
     if example_inputs is not None:
         roles = _trace_roles(net, convs, example_inputs)
@@ -457,26 +472,30 @@ def ghostify(net,
 
     report, ghosted = OrderedDict(), []
     for name, conv in convs.items():
+        merged_from = merged.get(name.rpartition('.')[0])
         reason = _structural_reason(conv)
         if reason is None and name in roles['weights_used_elsewhere']:
             reason = ('its weights are also used outside its own forward (re-parameterisation or weight sharing), '
                       'which fewer output filters would break')
+            if not reparameterize:
+                reason += '; reparameterize=True merges the known re-parameterised blocks first'
         elif reason is None and name not in roles['called']:
             reason = 'not called as a module in the traced forward (its weights are used some other way)'
         if reason is not None:
             if name in included and name not in excluded:
                 raise ValueError(f'ghostify: include matches {name}, which cannot be a ghost layer: {reason}')
-            report[name] = {'ghosted': False, 'reason': reason, 'fused': None}
+            report[name] = {'ghosted': False, 'reason': reason, 'fused': None, 'merged': merged_from}
             continue
         kept = [why for why, hit in (('first convolution on the input (§4.1)', name in roles['first']),
                                      ('last convolution, produces the output (§4.1)', name in roles['last']),
                                      ('feeds an upsampler (§4.1)', name in roles['upsampler'])) if hit]
         if name in excluded:
-            report[name] = {'ghosted': False, 'reason': 'excluded by pattern', 'fused': None}
+            report[name] = {'ghosted': False, 'reason': 'excluded by pattern', 'fused': None, 'merged': merged_from}
         elif kept and name not in included:
-            report[name] = {'ghosted': False, 'reason': '; '.join(kept), 'fused': None}
+            report[name] = {'ghosted': False, 'reason': '; '.join(kept), 'fused': None, 'merged': merged_from}
         else:
-            report[name] = {'ghosted': True, 'reason': 'included by pattern' if kept else 'eligible', 'fused': None}
+            report[name] = {'ghosted': True, 'reason': 'included by pattern' if kept else 'eligible', 'fused': None,
+                            'merged': merged_from}
             ghosted.append(name)
     if not ghosted:
         by_reason = OrderedDict()
@@ -525,9 +544,12 @@ def format_report(report):
     for name, entry in report.items():
         mark = 'ghost' if entry['ghosted'] else 'plain'
         fused = f", fused {entry['fused']}" if entry['fused'] else ''
-        lines.append(f'{mark}  {name}: {entry["reason"]}{fused}')
+        merged = f", merged {entry['merged']}" if entry.get('merged') else ''
+        lines.append(f'{mark}  {name}: {entry["reason"]}{fused}{merged}')
     ghosted = sum(e['ghosted'] for e in report.values())
-    lines.append(f'{ghosted} of {len(report)} convolutions ghosted')
+    merged = sum(bool(e.get('merged')) for e in report.values())
+    lines.append(f'{ghosted} of {len(report)} convolutions ghosted'
+                 + (f' ({merged} of them merged from re-parameterised blocks)' if merged else ''))
     return '\n'.join(lines)
 
 

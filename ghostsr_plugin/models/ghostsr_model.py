@@ -35,7 +35,10 @@ class GhostSRModel(SRModel):
     * Logs the temperature, the noise scale a^(t-1), the epoch t and the share of ghost layers that moved
       (console/tensorboard), and every layer's offset at each print (``ghost: log_offsets``).
     * ``ghost_init:`` (pretrain_path, param_key, seed, init_offset) clusters a pre-trained plain model into the
-      Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume.
+      Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume. The checkpoint of a network with
+      re-parameterised blocks (SPAN, ECBSR) is merged into its deploy form first, as ``type: Ghost`` merged the
+      network (:func:`ghostsr_plugin.compress.cluster.plain_state_for`); the ``distill:`` teacher stays the original
+      network (eval mode, which merges the branches itself).
     * ``ghost: shift_lr_mult``: learning-rate multiplier of the shift logits W' (own optimizer group; default 1).
     * ``ghost: freeze_offsets_at``: an iteration (int >= 1) or a fraction of ``total_iter`` (float in (0, 1)) from
       which every learnable offset is fixed at its argmax W' (no noise, W' no longer trained), so the last phase
@@ -114,10 +117,11 @@ class GhostSRModel(SRModel):
     def _ghost_init(self, bare):
         """§3.2 / Alg. 1 lines 1-3: cluster the pre-trained plain model into this Ghost network (every rank the same
         way: same seed), and write the per-layer report to ``<experiment>/ghost_init.json``."""
-        from ghostsr_plugin.compress.cluster import cluster_init, report_summary
+        from ghostsr_plugin.compress.cluster import cluster_init, plain_state_for, report_summary
         from ghostsr_plugin.utils.checkpoint import atomic_write_json
         init = self.ghost_init_opt
         plain = load_checkpoint(init['pretrain_path'], init.get('param_key', 'params'))
+        plain = plain_state_for(self.opt['network_g'], plain, init['pretrain_path'])  # SPAN / ECBSR: merged first
         report = cluster_init(
             bare,
             plain,

@@ -201,8 +201,9 @@ def check_datasets(opt, log=print):
 def check_checkpoints(opt, nets=None, resuming=False):
     """Load every checkpoint the run reads (``weights_only=True``, memory-mapped) and check that it fits:
     ``path: pretrain_network_*`` (strict ones against their network), ``ghost_init: pretrain_path`` (against the
-    plain twin of network_g; not when ``resuming``), ``distill: teacher_path`` (against the teacher)."""
-    from ghostsr_plugin.compress.cluster import check_plain_state_dict
+    plain twin of network_g, re-parameterised blocks merged as GhostSRModel merges them; not when ``resuming``),
+    ``distill: teacher_path`` (against the teacher)."""
+    from ghostsr_plugin.compress.cluster import check_plain_state_dict, plain_state_for
     nets = check_networks(opt) if nets is None else nets
     path_opt = opt.get('path') or {}
     for key, net in nets.items():
@@ -219,7 +220,8 @@ def check_checkpoints(opt, nets=None, resuming=False):
     if init and not resuming and 'network_g' in nets:
         path = init['pretrain_path']
         try:
-            check_plain_state_dict(nets['network_g'], load_checkpoint(path, init.get('param_key', 'params'), mmap=True))
+            plain = load_checkpoint(path, init.get('param_key', 'params'), mmap=True)
+            check_plain_state_dict(nets['network_g'], plain_state_for(opt['network_g'], plain, path))
         except ValueError as err:
             raise UserInputError(f'ghost_init: pretrain_path {path}: {err}' if path not in str(err) else str(err))
     if teacher is not None:
