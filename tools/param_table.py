@@ -8,6 +8,8 @@ Counts are of ``net.parameters()`` as built by the archs (Ghost nets at λ=0.5, 
 ghost layer adds its 9 logits W'; CARN's frozen mean shifters count too, as in the authors' checkpoints).
 CARN and CARN_M are listed in the single-scale form (one upsampling head) and in the multi-scale form (the three
 heads of the authors' released models, trained by the multi-scale scheme of §4.1).
+Networks with re-parameterised blocks (ECBSR, SPAN) give their plain count as built (with the training branches) and,
+in brackets, merged into the deploy form that ghostify ghosts; their plain GMACs are those of the deploy form.
 """
 import ghostsr_plugin  # noqa: F401  (before basicsr: registers the archs, torchvision compat)
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -68,11 +70,19 @@ def _short_error(err):
     return text if len(text) < 200 else text[:197] + '...'
 
 
+def _plain_params(plain, merged, blocks):
+    """The plain parameter count (M), and the merged one in brackets when re-parameterised blocks were merged."""
+    from ghostsr_plugin.measure.complexity import count_params
+    text = f'{count_params(plain) / 1e6:.3f}'
+    return text + (f' ({count_params(merged) / 1e6:.3f} merged)' if blocks else '')
+
+
 def basicsr_table(size=512):
     import warnings
     import torch
     from basicsr.archs import build_network
     from ghostsr_plugin.compress.ghostify import ghostify
+    from ghostsr_plugin.compress.reparam import merge_reparameterized
     from ghostsr_plugin.measure.complexity import count_macs, count_params
     warnings.simplefilter('ignore')
     print('| arch (x4) | ghosted / convs | params plain (M) | params Ghost (M) | GMACs plain | GMACs Ghost |')
@@ -87,9 +97,11 @@ def basicsr_table(size=512):
             print(f'| {label} | 0 (not supported: {_short_error(err)}) | {count_params(plain) / 1e6:.3f} | - | - | - |')
             continue
         report = ghost.ghostify_report
-        macs = [count_macs(n, (1, channels, size, size)) / 1e9 for n in (plain, ghost)]
+        merged, blocks = merge_reparameterized(plain)
+        macs = [count_macs(n, (1, channels, size, size)) / 1e9 for n in (merged, ghost)]
         print(f'| {label} | {sum(e["ghosted"] for e in report.values())} / {len(report)} | '
-              f'{count_params(plain) / 1e6:.3f} | {count_params(ghost) / 1e6:.3f} | {macs[0]:.1f} | {macs[1]:.1f} |')
+              f'{_plain_params(plain, merged, blocks)} | {count_params(ghost) / 1e6:.3f} | {macs[0]:.1f} | '
+              f'{macs[1]:.1f} |')
     print(f'\n(GMACs: multiply-adds of one forward on a 1x3x{size}x{size} LR input (ECBSR: 1 channel), '
           'FlopCounterMode)\n')
 
@@ -101,6 +113,7 @@ def spandrel_table():
     import torch
     from spandrel import MAIN_REGISTRY
     from ghostsr_plugin.compress.ghostify import ghostify
+    from ghostsr_plugin.compress.reparam import merge_reparameterized
     from ghostsr_plugin.measure.complexity import count_params
     warnings.simplefilter('ignore')
     print('| spandrel arch | works | ghosted / convs | params plain (M) | params Ghost (M) | note |')
@@ -137,8 +150,11 @@ def spandrel_table():
                 out = ghost.eval()(torch.rand(1, descriptor.input_channels, side, side))
             assert out.shape[-1] == side * descriptor.scale
             report = ghost.ghostify_report
+            merged, blocks = merge_reparameterized(plain)
+            note = f'; {len(blocks)} {", ".join(sorted(set(blocks.values())))} merged first' if blocks else ''
             print(f'| {arch} | yes | {sum(e["ghosted"] for e in report.values())} / {len(report)} | '
-                  f'{count_params(plain) / 1e6:.3f} | {count_params(ghost) / 1e6:.3f} | x{descriptor.scale} |')
+                  f'{_plain_params(plain, merged, blocks)} | {count_params(ghost) / 1e6:.3f} | '
+                  f'x{descriptor.scale}{note} |')
         except Exception as err:  # noqa: BLE001 - the table says why
             print(f'| {arch} | no | - | {count_params(plain) / 1e6:.3f} | - | {type(err).__name__}: '
                   f'{_short_error(err)} |')
