@@ -6,7 +6,7 @@
 #   python -c "from mmengine.config import Config; from mmengine.runner import Runner; \
 #              Runner.from_cfg(Config.fromfile('options/mmengine_GhostEDSR_x2.py')).train()"
 custom_imports = dict(imports=['ghostsr_plugin.integrations.mmengine'], allow_failed_imports=False)
-default_scope = 'ghostsr'
+default_scope = 'ghostsr_plugin'
 work_dir = 'experiments/mmengine_GhostEDSR_x2'
 
 scale = 2

@@ -1,6 +1,6 @@
 """MMEngine integration (ghostsr_plugin.integrations.mmengine): ``import ghostsr_plugin`` does not import mmengine
 and a Python config loads the integration through custom_imports and builds ``type='GhostEDSR'``; every arch the
-plugin registers into BasicSR is in the ``ghostsr`` model registry (new ones too); GhostScheduleHook gives, at
+plugin registers into BasicSR is in the ``ghostsr_plugin`` model registry (new ones too); GhostScheduleHook gives, at
 every iteration, the same τ, noise scale, epoch and drawn offsets as GhostSRModel; a tiny Runner loop built from
 options/mmengine_GhostEDSR_x2.py trains a Ghost network on generated data."""
 import copy
@@ -29,7 +29,7 @@ def test_config_loads_the_integration_on_demand(tmp_path):
     imports the integration, and mmengine's root MODELS builds type='GhostEDSR' under the config's scope."""
     config = tmp_path / 'ghost_edsr.py'
     config.write_text("custom_imports = dict(imports=['ghostsr_plugin.integrations.mmengine'], "
-                      "allow_failed_imports=False)\ndefault_scope = 'ghostsr'\n"
+                      "allow_failed_imports=False)\ndefault_scope = 'ghostsr_plugin'\n"
                       f'model = dict({", ".join(f"{k}={v!r}" for k, v in TINY_EDSR.items())})\n')
     script = f"""
 import sys
@@ -71,12 +71,20 @@ def test_every_plugin_arch_is_in_the_registry_and_builds():
     assert {'RDN', 'CARN', 'CARN_M', 'GhostEDSR', 'GhostRDN', 'GhostCARN', 'GhostCARN_M'} <= plugin
     assert plugin | {'GhostSRMMModel'} == set(gm.MODELS.module_dict)
     assert all(gm.MODELS.get(name) is ARCH_REGISTRY.get(name) for name in plugin)
-    assert gm.MODELS.scope == 'ghostsr' and gm.MODELS.parent.scope == 'mmengine'
+    assert gm.MODELS.scope == 'ghostsr_plugin' and gm.MODELS.parent.scope == 'mmengine'
     for name, kwargs in TINY_ARGS.items():
         net = gm.MODELS.build(dict(kwargs, type=name)).eval()
         assert net(torch.rand(1, 3, 6, 6)).shape == (1, 3, 12, 12), name
     from mmengine.registry import MODELS
-    assert type(MODELS.build(dict(TINY_EDSR, type='ghostsr.GhostEDSR'))).__name__ == 'GhostEDSR'
+    assert type(MODELS.build(dict(TINY_EDSR, type='ghostsr_plugin.GhostEDSR'))).__name__ == 'GhostEDSR'
+
+
+def test_scope_module_is_where_mmengine_looks():
+    """mmengine imports ``<scope>.registry`` when it switches scope; it exists and holds the same registries (before:
+    the scope was ``ghostsr`` and every switch logged "Failed to import `ghostsr.registry`")."""
+    import importlib
+    module = importlib.import_module(f'{gm.SCOPE}.registry')
+    assert module.MODELS is gm.MODELS and module.HOOKS is gm.HOOKS and module.DATASETS is gm.DATASETS
 
 
 def test_an_arch_registered_later_appears():
@@ -122,7 +130,7 @@ def _runner(model, tmp_path, max_iters, hooks, lr=0.0, num_images=6):
         custom_hooks=hooks,
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=10_000, by_epoch=False),
                            logger=dict(type='LoggerHook', interval=1)),
-        default_scope='ghostsr',
+        default_scope='ghostsr_plugin',
         randomness=dict(seed=0))
 
 

@@ -1,18 +1,18 @@
-"""GhostSR in MMEngine: the plugin's architectures in an mmengine model registry (scope ``ghostsr``), a BaseModel
-wrapper for MMEngine's Runner, and the hook that drives the Gumbel schedule (Eq. 3-5) from the runner's iteration.
+"""GhostSR in MMEngine: the plugin's architectures in an mmengine model registry (scope ``ghostsr_plugin``), a
+BaseModel wrapper for MMEngine's Runner, and the hook that drives the Gumbel schedule (Eq. 3-5) from the runner's iteration.
 
 Loaded on demand (``import ghostsr_plugin`` does not import mmengine), e.g. from a Python config::
 
     custom_imports = dict(imports=['ghostsr_plugin.integrations.mmengine'], allow_failed_imports=False)
-    default_scope = 'ghostsr'
+    default_scope = 'ghostsr_plugin'
     model = dict(type='GhostSRMMModel', network=dict(type='GhostEDSR', num_in_ch=3, num_out_ch=3, upscale=2))
     custom_hooks = [dict(type='GhostScheduleHook')]
 
-* :data:`MODELS` (child of mmengine's ``MODELS``, scope ``ghostsr``; every other mmengine root registry gets a
-  ``ghostsr`` child too, :data:`REGISTRIES`) holds every architecture the plugin registers
+* :data:`MODELS` (child of mmengine's ``MODELS``, scope ``ghostsr_plugin``; every other mmengine root registry gets a
+  ``ghostsr_plugin`` child too, :data:`REGISTRIES`) holds every architecture the plugin registers
   into BasicSR's ``ARCH_REGISTRY`` (derived from those registrations, so a new one appears by itself) and
   :class:`GhostSRMMModel`. ``MODELS.build(dict(type='GhostEDSR', ...))`` builds the bare network; from
-  mmengine's root registry use ``type='ghostsr.GhostEDSR'`` or ``default_scope='ghostsr'``.
+  mmengine's root registry use ``type='ghostsr_plugin.GhostEDSR'`` or ``default_scope='ghostsr_plugin'``.
 * :class:`GhostScheduleHook` sets, before every training step, what ``GhostSRModel.optimize_parameters`` sets:
   ``ghost_schedule.set_iteration(current_iter, iters_per_epoch)`` with BasicSR's 1-based ``current_iter =
   runner.iter + 1`` and, unless given, BasicSR's ``iters_per_epoch = ceil(images / (batch x world size))``, so τ, the noise scale a^(t-1) and the offsets drawn at an iteration are
@@ -40,9 +40,9 @@ __all__ = [
     'BasicSRDataset', 'SyntheticSRDataset'
 ]
 
-SCOPE = 'ghostsr'
-# A 'ghostsr' child of every mmengine root registry (loops, optimizers, hooks, ...), so that a Runner under
-# default_scope='ghostsr' finds mmengine's own modules through it, and ours in MODELS / HOOKS / DATASETS.
+SCOPE = 'ghostsr_plugin'  # the package name, as OpenMMLab scopes: mmengine imports <scope>.registry
+# A 'ghostsr_plugin' child of every mmengine root registry (loops, optimizers, hooks, ...), so that a Runner under
+# default_scope='ghostsr_plugin' finds mmengine's own modules through it, and ours in MODELS / HOOKS / DATASETS.
 REGISTRIES = {
     name: Registry(root.name, parent=root, scope=SCOPE, locations=[__name__])
     for name, root in vars(mmengine_registry).items() if isinstance(root, Registry) and root.parent is None
