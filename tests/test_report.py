@@ -131,3 +131,24 @@ def test_plots_without_psnr(tmp_path, paired):
     report.plot(entries, settings, tmp_path / 'p.png')
     img = cv2.imread(str(tmp_path / 'p.png'))
     assert img is not None and np.unique(img).size > 2
+
+
+def test_reparameterised_networks_are_measured_in_their_deploy_form(tmp_path):
+    """ECBSR is counted as deployed (each ECB merged into one 3x3 conv), not with its training branches, and the
+    report says so; its Ghost twin (type: Ghost over the same options) pairs with it."""
+    import yaml
+    from basicsr.archs import build_network
+    from ghostsr_plugin.compress.reparam import merge_reparameterized
+    from ghostsr_plugin.measure.complexity import count_params
+    net_opt = {'type': 'ECBSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_block': 2, 'num_channel': 8,
+               'with_idt': False, 'act_type': 'prelu', 'scale': 2}
+    plain = tmp_path / 'ecbsr.yml'
+    plain.write_text(yaml.safe_dump({'name': 'ecbsr', 'scale': 2, 'network_g': net_opt}))
+    ghost = tmp_path / 'ghost_ecbsr.yml'
+    ghost.write_text(yaml.safe_dump({'name': 'g', 'scale': 2, 'network_g': {'type': 'Ghost', 'network': net_opt}}))
+    entries = report.load_entries([str(plain), str(ghost)], ['ECBSR', 'Ghost ECBSR'])
+    settings = report.measure(entries, latency=False, flops_size=(1, 3, 16, 16), progress=False)
+    deployed, _ = merge_reparameterized(build_network(dict(net_opt)).eval())
+    assert entries[0].params == count_params(deployed) < count_params(build_network(dict(net_opt)))
+    assert entries[0].merged == ['ECB'] and entries[1].twin == 'ECBSR'
+    assert 'ECBSR: its re-parameterised blocks (ECB) merged' in report.markdown(entries, settings)

@@ -11,6 +11,9 @@ each Ghost network next to its plain twin; written as markdown, JSON and a PNG p
   sets named, for networks with a checkpoint.
 * **Twins**: a Ghost network (type ``GhostX``) is compared with the first plain network of type ``X``, the same
   scale and the same arguments (``cluster.plain_twin_options``); its rows give the ratios to that twin.
+* **Deploy form**: re-parameterised blocks (SPAN's Conv3XC, ECBSR's ECB) are merged into their deploy 3x3 conv
+  before anything is measured (:func:`ghostsr_plugin.compress.reparam.merge_reparameterized`; the eval output is
+  the same), so a plain network is counted and timed as it is deployed, not with its training branches.
 
 The plot: with PSNR, PSNR against latency (when measured) and against FLOPs, one row per set, an arrow from each
 plain network to each of its Ghost twins (cost axes from 0 unless logarithmic); without PSNR, the Ghost / plain
@@ -57,6 +60,7 @@ class Entry:
     paper: dict = None  # Table 1's params (M) and FLOPs (G), with --paper, for the paper's configurations
     latency: dict = None  # median_ms, best_ms, times_ms
     quality: dict = field(default_factory=dict)  # set -> {psnr, ssim}
+    merged: list = field(default_factory=list)  # classes of the re-parameterised blocks merged before measuring
 
     @property
     def is_ghost(self):
@@ -120,8 +124,13 @@ def _paper_reference(entry):
 
 
 def _load(entry, device, param_key):
+    """The entry's network, loaded, in its deploy form (re-parameterised blocks merged); notes on ``entry.merged``
+    which blocks were."""
+    from ghostsr_plugin.compress.reparam import merge_reparameterized
     from ghostsr_plugin.utils.network import load_network
-    return load_network(entry.opt, entry.ckpt, param_key, device=device)
+    net, merged = merge_reparameterized(load_network(entry.opt, entry.ckpt, param_key, device=device), inplace=True)
+    entry.merged = sorted(set(merged.values()))
+    return net
 
 
 def _twin_groups(entries):
@@ -210,6 +219,10 @@ def markdown(entries, settings):
                      f'{settings["device"]}; plain and Ghost twins timed interleaved in one run.')
     if sets:
         lines.append('PSNR / SSIM: Y channel, crop_border = scale; Ghost rows: (difference to the plain twin).')
+    for entry in entries:
+        if entry.merged:
+            lines.append(f'{entry.label}: its re-parameterised blocks ({", ".join(entry.merged)}) merged into their '
+                         'deploy 3x3 convs before measuring (same output).')
     header = ['network', 'params (M)', 'FLOPs (G)'] + (['paper params / FLOPs'] if paper else []) + (
         ['latency (ms), median / best'] if latency else []) + [f'{s} PSNR / SSIM' for s in sets]
     lines += ['', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
