@@ -164,9 +164,20 @@ def bicubic_scores(data, sets, scale):
     return scores
 
 
+_NOTED = set()  # the notes net_scores printed in this run
+
+
 def net_scores(net, data, sets, scale):
+    """Y-PSNR/SSIM of ``net`` on each set; a set's note (e.g. Set14's grey images) is printed once per run, not
+    once per network."""
+    def note_once(line):
+        if line not in _NOTED:
+            _NOTED.add(line)
+            print(f'note: {line}', flush=True)
+
     net.eval()
-    return {name: evaluate(net, set_pairs(os.path.join(data, 'benchmark'), name, scale), scale, 'cpu', False)
+    return {name: evaluate(net, set_pairs(os.path.join(data, 'benchmark'), name, scale), scale, 'cpu', False,
+                           log=note_once)
             for name in sets}
 
 
