@@ -144,10 +144,12 @@ def evaluate_checkpoint(opt, path, data, sets):
     return scores, {k: list(v) for k, v in ghost_offsets(net).items()}
 
 
-def train_and_record(name, args):
+def train_and_record(run, args):
+    """Train run ``run`` as experiment ``<--prefix><run>``, evaluate it and record it under that name."""
     from ghostsr_plugin.utils.checkpoint import atomic_write_json
-    base, overrides = RUNS[name]
+    base, overrides = RUNS[run]
     overrides = {**overrides, **dict(parse_set(s) for s in args.set)}
+    name = args.prefix + run
     opt = run_options(name, base, overrides, args.iters, args.workers)
     folder = os.path.join(ROOT, 'experiments', 'finetune_options')
     os.makedirs(folder, exist_ok=True)
@@ -164,7 +166,7 @@ def train_and_record(name, args):
     logs = sorted(f for f in os.listdir(exp) if f.startswith('train_') and f.endswith('.log'))
     with open(os.path.join(exp, logs[-1])) as file:
         curve = validation_curve(file.read())
-    record = {'base': base, 'overrides': overrides, 'total_iter': opt['train']['total_iter'],
+    record = {'run': run, 'base': base, 'overrides': overrides, 'total_iter': opt['train']['total_iter'],
               'trained_iter': trained_iter(os.path.join(exp, 'models', 'net_g_latest.pth')),
               'wall_minutes': round(minutes, 1), 'machine': machine(), 'curve_set5_psnr': curve}
     for label, ckpt in (('last', 'net_g_latest.pth'), ('best', 'net_g_best.pth')):
@@ -188,9 +190,11 @@ def parse_set(text):
 
 
 def machine():
+    """Where the run trained: the GPU when there is one (``num_gpu: auto``), else the CPU and its cores."""
     import torch
     from ghostsr_plugin.measure.bench import device_name
-    return f'{device_name(torch.device("cpu"))}, {os.cpu_count()} cores'
+    cpu = f'{device_name(torch.device("cpu"))}, {os.cpu_count()} cores'
+    return f'{torch.cuda.get_device_name(0)} (host: {cpu})' if torch.cuda.is_available() else cpu
 
 
 def prepare_inputs(data):
@@ -257,6 +261,8 @@ def main():
     parser.add_argument('--sets', nargs='+', default=['Set5', 'Set14'], help='evaluation sets (Set5 Set14)')
     parser.add_argument('--data', default=os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data')))
     parser.add_argument('--results', default='finetune_x2', help='docs/results/<NAME>.{json,md,png}')
+    parser.add_argument('--prefix', default='', help="experiment name = PREFIX + run (e.g. 'gpu_'; 'dry_' for a "
+                        'trial that leaves the real runs alone)')
     args = parser.parse_args()
     if args.list:
         for name, (base, overrides) in RUNS.items():

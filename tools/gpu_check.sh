@@ -4,13 +4,20 @@
 #   here, once:   python tools/gpu_pack.py                 (fills .gpu/: wheels + data subset, git-ignored)
 #   device run:   bash tools/gpu_check.sh kernels          carry [".gpu"], timeout_s ~420
 #                 bash tools/gpu_check.sh experiment [N]   carry [".gpu"], timeout_s ~560 (N iterations per run)
+#                 bash tools/gpu_check.sh finetune [N] [RUN...]  carry [".gpu"], timeout_s ~560
 #   here, after:  python tools/ghost_init_experiment.py --checkpoints <files_at> --results ghost_init_x2_gpu
+#                 (finetune: the records come back in <files_at>/finetune_x2_gpu.*; Set14 of each checkpoint here:
+#                 python -m ghostsr_plugin.evaluate -opt <files_at>/<run>.yml --ckpt <files_at>/<run>.pth --set Set14)
 #
 # kernels:    builds the CPU + CUDA extension for the device's torch (sm_90), runs the kernel tests (the CUDA ones
 #             included: they must not be skipped there) and `python -m ghostsr_plugin.bench speed --device cuda`,
 #             eager modes first, then the torch.compile ones (each with its own time limit).
 # experiment: the issue-3 fine-tunes of tools/ghost_init_experiment.py with N iterations per run (default 2000) and
 #             8 data loader processes, training only; the three checkpoints and their times come back in $OUT.
+# finetune:   issue 12's Table 3 runs of tools/finetune_experiment.py (default: learnable_s0 copy_s0 learnable_s1
+#             copy_s1) from the same option file, unchanged but for --iters N (default 2000) and 8 loader processes,
+#             as experiments gpu_<run>, evaluated on Set5 (the packed set); records, option files and checkpoints
+#             come back in $OUT.
 # Everything printed is also written to $OUT (the device tool brings it back). Each step has its own time limit
 # so that one slow step cannot use the whole call. A dry run on a machine without a GPU (the training then runs on its
 # CPU): PYTHON=.venv/bin/python GHOSTSR_CUDA=0 OUT=/tmp/out bash tools/gpu_check.sh experiment 2
@@ -23,8 +30,9 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check_$PHASE.log") 2>&1
 
 case "$PHASE" in
-  kernels | experiment) ;;
-  *) echo "usage: bash tools/gpu_check.sh kernels | experiment [ITERS]  (got '$PHASE')"; exit 2 ;;
+  kernels | experiment | finetune) ;;
+  *) echo "usage: bash tools/gpu_check.sh kernels | experiment [ITERS] | finetune [ITERS] [RUN...]  (got '$PHASE')"
+     exit 2 ;;
 esac
 [ -d .gpu ] || { echo ".gpu/ is missing: run python tools/gpu_pack.py here and name .gpu in the run's carry"; exit 2; }
 
@@ -70,6 +78,22 @@ if [ "$PHASE" = kernels ]; then
   step "bench speed (cuda), torch.compile" 300 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --compile only \
     --json "$OUT/bench_cuda_compiled.json"
   exit 0
+fi
+
+if [ "$PHASE" = finetune ]; then
+  ITERS="${2:-2000}"
+  shift $(( $# < 2 ? $# : 2 ))
+  RUNS=("${@:-learnable_s0 copy_s0 learnable_s1 copy_s1}")
+  status=0
+  for run in ${RUNS[*]}; do
+    step "issue 12 $run, $ITERS iterations" 480 "$PYTHON" tools/finetune_experiment.py "$run" --iters "$ITERS" \
+      --workers 8 --prefix gpu_ --results finetune_x2_gpu --sets Set5 || status=1
+    cp "experiments/finetune_options/gpu_$run.yml" "$OUT/gpu_$run.yml" 2>/dev/null
+    cp "experiments/gpu_$run/models/net_g_latest.pth" "$OUT/gpu_$run.pth" 2>/dev/null
+    cp "experiments/gpu_$run/models/net_g_best.pth" "$OUT/gpu_${run}_best.pth" 2>/dev/null
+    cp docs/results/finetune_x2_gpu.* "$OUT/" 2>/dev/null
+  done
+  exit $status
 fi
 
 ITERS="${2:-2000}"
