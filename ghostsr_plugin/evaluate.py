@@ -139,6 +139,14 @@ def evaluate(net, pairs, scale, device, forward_scale, skip_mismatched=False, la
     return result
 
 
+def option_scale(path):
+    """The ``scale`` of option file ``path`` (an int), or None when it has none (unreadable files: the error of
+    :func:`ghostsr_plugin.utils.options.load_options`, naming the file)."""
+    from ghostsr_plugin.utils.options import load_options
+    scale = load_options(path).get('scale')
+    return scale if isinstance(scale, int) and not isinstance(scale, bool) else None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m ghostsr_plugin.evaluate', description=__doc__.split('\n\n')[0])
     parser.add_argument('-opt', default=None, help='option file whose network section builds the network')
@@ -148,7 +156,7 @@ def main(argv=None):
     parser.add_argument('--ckpt', required=True, help='checkpoint (BasicSR or bare state dict)')
     parser.add_argument('--param_key', default='params')
     parser.add_argument('--set', nargs='+', default=['Set5'], help='benchmark sets (Set5 Set14 B100)')
-    parser.add_argument('--scale', type=int, required=True)
+    parser.add_argument('--scale', type=int, default=None, help="upscale factor (default: the option file's scale)")
     parser.add_argument('--data', default=DEFAULT_DATA, help='benchmark root (default ../shared/data/benchmark)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', default=None, help='write the results here')
@@ -158,6 +166,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if bool(args.opt) == bool(args.arch):
         parser.error('give either -opt or --arch')
+    if args.scale is None:
+        args.scale = option_scale(args.opt) if args.opt else None
+        if args.scale is None:
+            parser.error(f'--scale is needed: {args.opt} has no scale' if args.opt else '--scale is needed with --arch')
 
     sets = {name: set_pairs(args.data, name, args.scale) for name in args.set}  # layout errors before any work
     net, net_type = build_net(args)

@@ -129,3 +129,17 @@ def test_converted_images_are_named_once_and_read_as_basicsr(bench, tmp_path):
     assert converted == reference
     assert notes == ['Tiny: 3 of 8 image files converted to 8-bit RGB as BasicSR reads them (16-bit: img1.png; '
                      'RGBA: img2x2.png; grey: img0.png)']
+
+
+def test_scale_comes_from_the_option_file(bench, tmp_path, capsys):
+    """With -opt and no --scale, the option file's ``scale`` is used; without one, the error says --scale is needed."""
+    import yaml
+    opt = tmp_path / 'net.yml'
+    opt.write_text(yaml.safe_dump({'scale': SCALE, 'network_g': NET}))
+    args = ['-opt', str(opt), '--ckpt', str(bench.parent / 'net.pth'), '--set', 'Tiny', '--data', str(bench)]
+    assert run_command('ghostsr_plugin.evaluate', command.main, args) == 0
+    assert f'EDSR x{SCALE} Tiny: Y-PSNR' in capsys.readouterr().out
+    opt.write_text(yaml.safe_dump({'network_g': NET}))
+    with pytest.raises(SystemExit):
+        run_command('ghostsr_plugin.evaluate', command.main, args)
+    assert f'--scale is needed: {opt} has no scale' in capsys.readouterr().err

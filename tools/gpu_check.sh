@@ -7,7 +7,7 @@
 #                 bash tools/gpu_check.sh finetune [N] [RUN...]  carry [".gpu"], timeout_s ~560
 #   here, after:  python tools/ghost_init_experiment.py --checkpoints <files_at> --results ghost_init_x2_gpu
 #                 (finetune: the records come back in <files_at>/finetune_x2_gpu.*; Set14 of each checkpoint here:
-#                 python -m ghostsr_plugin.evaluate -opt <files_at>/<run>.yml --ckpt <files_at>/<run>.pth --set Set14)
+#                 python -m ghostsr_plugin.evaluate -opt <files_at>/gpu_<run>.yml --ckpt <files_at>/gpu_<run>.pth --set Set14)
 #
 # kernels:    builds the CPU + CUDA extension for the device's torch (sm_90), runs the kernel tests (the CUDA ones
 #             included: they must not be skipped there) and `python -m ghostsr_plugin.bench speed --device cuda`,
