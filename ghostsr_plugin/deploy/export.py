@@ -13,9 +13,9 @@ that the ONNX exporter (``torch.onnx.export(..., dynamo=True)``) turns into stan
     ghosts  G   = move(S) by the layer's fixed (dy, dx), zero fill (Eq. 1 with the one-hot W of Eq. 2)
     Y           = Concat(I, G), then Gather by the channel map when it is not [I, G]; + residual
 
-``move`` has two exact forms (``shift_form``): ``'conv'`` (default), a depth-wise Conv whose kernels are the one-hot
-W itself, cut to (2|dy|+1)x(2|dx|+1) taps (none for "no move") — it stays in onnxruntime's blocked (NCHWc)
-convolution layout, which the measured latency favours — and ``'slice'``, zero Pad + Slice, the shape of the reference
+``move`` has two exact forms (``shift_form``): ``'conv'`` (default), a depth-wise Conv whose (2d+1)x(2d+1)
+kernels are the one-hot W itself — it stays in onnxruntime's blocked (NCHWc) convolution layout, which the
+measured latency favours — and ``'slice'``, zero Pad + Slice, the shape of the reference
 :func:`ghostsr_plugin.ops.shift.shift2d`. Height, width and batch are dynamic.
 
 torch.export (:func:`export_program`): the frozen copy as it is, so the graph calls ``torch.ops.ghostsr.ghost_shift``
@@ -137,20 +137,16 @@ class OnnxGhostConv2d(nn.Module):
         self.register_buffer('order', order, persistent=False)
         self.sources_all = torch.equal(sources, torch.arange(n))
         self.order_identity = torch.equal(order, torch.arange(len(order)))
-        if shift_form == 'conv':  # the one-hot W of Eq. 2 as a depth-wise kernel, one per ghost channel, cut to
-            # the rows / columns the move reaches: (2|dy|+1) x (2|dx|+1) taps (3 for a move along an axis, 1 for none)
-            ky, kx = abs(self.dy), abs(self.dx)
-            kernel = torch.zeros(len(sources), 1, 2 * ky + 1, 2 * kx + 1, dtype=self.weight.dtype)
-            kernel[:, 0, self.dy + ky, self.dx + kx] = 1
+        if shift_form == 'conv':  # the one-hot W of Eq. 2 as a depth-wise kernel, one per ghost channel
+            size = 2 * self.d + 1
+            kernel = torch.zeros(len(sources), 1, size, size, dtype=self.weight.dtype)
+            kernel[:, 0, self.dy + self.d, self.dx + self.d] = 1
             self.register_buffer('move_kernel', kernel, persistent=False)
-            self.move_padding = (ky, kx)
 
     def move(self, x):
         """``G[y, x] = S[y + dy, x + dx]``, zero outside: the value of :func:`~ghostsr_plugin.ops.shift.shift2d`."""
-        if self.dy == 0 and self.dx == 0:
-            return x
         if self.shift_form == 'conv':
-            return F.conv2d(x, self.move_kernel, None, 1, self.move_padding, 1, x.shape[1])
+            return F.conv2d(x, self.move_kernel, None, 1, self.d, 1, x.shape[1])
         dy, dx = self.dy, self.dx
         top, bottom, left, right = max(-dy, 0), max(dy, 0), max(-dx, 0), max(dx, 0)
         padded = F.pad(x, (left, right, top, bottom))
