@@ -113,9 +113,8 @@ def validation_curve(log_text, metric='psnr'):
 def trained_iter(checkpoint):
     """Iterations the network of ``checkpoint`` was trained for: its Gumbel schedule's counter, which GhostSRModel
     advances once per training step (BasicSR's own count can stop short of ``total_iter``, see ghostsr_plugin.train)."""
-    import torch
-    params = torch.load(checkpoint, map_location='cpu', weights_only=True)['params']
-    return int(params['ghost_schedule.iteration'])
+    from ghostsr_plugin.utils.checkpoint import load_checkpoint
+    return int(load_checkpoint(checkpoint)['ghost_schedule.iteration'])
 
 
 def _results_path(results, ext):
