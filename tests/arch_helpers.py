@@ -1,6 +1,10 @@
 """Helpers shared by the architecture tests: parameter-count formulas and the plain weights that make a plain twin
 compute what a Ghost net computes in copy mode."""
-from ghostsr_plugin.ops import GhostConv2d
+import warnings
+
+import torch
+
+from ghostsr_plugin.ops import GhostConv2d, ghost_layers
 
 GHOST_EXTRA = ('shift_logits', 'ghost_index', 'ghost_schedule.iteration')  # state-dict names only Ghost nets have
 
@@ -45,3 +49,23 @@ def plain_state_from_ghost(ghost_net, plain_net):
         assert value.shape == target.shape, key
         state[key] = value
     return state
+
+
+def assert_copy_equals_plain(ghost_net, plain_net, x):
+    """Copy mode is the plain network with duplicated filters: loaded with :func:`plain_state_from_ghost`, the plain
+    twin's eval output equals the Ghost net's."""
+    plain_net.load_state_dict(plain_state_from_ghost(ghost_net, plain_net))
+    with torch.no_grad():
+        torch.testing.assert_close(ghost_net.eval()(x), plain_net.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def assert_learnable_trains(net, x, *args):
+    """A training step reaches every layer's shift logits W' (Eq. 4's straight-through gradient), and eval (argmax
+    W', no noise) is deterministic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # trained without GhostSRModel
+        net.train()(x, *args).mean().backward()
+    assert all(m.shift_logits.grad is not None for m in ghost_layers(net))
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(x))

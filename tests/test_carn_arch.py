@@ -1,7 +1,6 @@
 """CARN, CARN_M and their Ghost versions: shapes, key names, the official CARN-M checkpoint, ghosted layers,
 parameter counts, copy mode, sharing, errors."""
 import os
-import warnings
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ import ghostsr_plugin  # noqa: F401  (before basicsr: registers the archs, torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin.archs.carn_arch import CARN, CARN_M, GhostCARN, GhostCARN_M
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
-from arch_helpers import GHOST_EXTRA, conv_params, ghost_params, num_params, plain_state_from_ghost
+from arch_helpers import (GHOST_EXTRA, assert_copy_equals_plain, assert_learnable_trains, conv_params, ghost_params,
+                          num_params)
 
 CARN_M_CKPT = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'weights', 'carn_m.pth')
 ALL = (CARN, GhostCARN, CARN_M, GhostCARN_M)
@@ -207,23 +207,13 @@ def test_copy_mode_equals_plain_with_duplicated_filters(scale):
         (GhostCARN_M(num_feat=16, upscale=scale, shift_mode='copy'), CARN_M(num_feat=16, upscale=scale, group=1)),
     ]
     for ghost, plain in pairs:
-        plain.load_state_dict(plain_state_from_ghost(ghost, plain))
-        with torch.no_grad():
-            torch.testing.assert_close(ghost.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)
+        assert_copy_equals_plain(ghost, plain, x)
 
 
 @pytest.mark.parametrize('cls', [GhostCARN, GhostCARN_M])
 def test_learnable_train_and_eval(cls):
     torch.manual_seed(0)
-    net = cls(num_feat=16, upscale=2, multi_scale=True)
-    x = torch.rand(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # trained without GhostSRModel
-        net.train()(x, 3).mean().backward()
-    assert all(m.shift_logits.grad is not None for m in ghost_layers(net))
-    net.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), net(x))
+    assert_learnable_trains(cls(num_feat=16, upscale=2, multi_scale=True), torch.rand(2, 3, 8, 8), 3)
 
 
 @pytest.mark.parametrize('cls', ALL)

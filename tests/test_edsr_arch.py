@@ -1,5 +1,4 @@
 """EDSR (BasicSR) and GhostEDSR: shapes, ghosted layers, parameter counts, copy-mode equivalence, errors."""
-import warnings
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ from basicsr.archs.edsr_arch import EDSR
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
-from arch_helpers import GHOST_EXTRA, conv_params, ghost_params, num_params, plain_state_from_ghost
+from arch_helpers import (GHOST_EXTRA, assert_copy_equals_plain, assert_learnable_trains, conv_params, ghost_params,
+                          num_params)
 
 TINY = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2)
 
@@ -66,25 +66,13 @@ def test_param_count_edsr_l_full_size():
 @pytest.mark.parametrize('scale', [2, 3])
 def test_copy_mode_equals_plain_with_duplicated_filters(scale):
     torch.manual_seed(0)
-    ghost = GhostEDSR(**TINY, upscale=scale, shift_mode='copy').eval()
-    plain = EDSR(**TINY, upscale=scale).eval()
-    plain.load_state_dict(plain_state_from_ghost(ghost, plain))
-    x = torch.rand(1, 3, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(ghost(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert_copy_equals_plain(GhostEDSR(**TINY, upscale=scale, shift_mode='copy'), EDSR(**TINY, upscale=scale),
+                             torch.rand(1, 3, 8, 8))
 
 
 def test_learnable_train_and_eval():
     torch.manual_seed(0)
-    net = GhostEDSR(**TINY, upscale=2)
-    x = torch.rand(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # trained without GhostSRModel
-        net.train()(x).mean().backward()
-    assert all(m.shift_logits.grad is not None for m in ghost_layers(net))
-    net.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), net(x))
+    assert_learnable_trains(GhostEDSR(**TINY, upscale=2), torch.rand(2, 3, 8, 8))
 
 
 def test_bad_upscale_raises():

@@ -1,5 +1,4 @@
 """RDN and GhostRDN: shapes, wiring vs a functional reference, ghosted layers, parameter counts, copy mode, errors."""
-import warnings
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ import ghostsr_plugin  # noqa: F401  (before basicsr: registers the archs, torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin.archs.rdn_arch import RDN, GhostRDN
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
-from arch_helpers import GHOST_EXTRA, conv_params, ghost_params, num_params, plain_state_from_ghost
+from arch_helpers import (GHOST_EXTRA, assert_copy_equals_plain, assert_learnable_trains, conv_params, ghost_params,
+                          num_params)
 
 TINY = dict(num_feat=8, num_block=2, num_layer=3, num_grow_ch=4)
 
@@ -109,25 +109,13 @@ def test_param_count_full_size():
 @pytest.mark.parametrize('scale', [2, 4])
 def test_copy_mode_equals_plain_with_duplicated_filters(scale):
     torch.manual_seed(0)
-    ghost = GhostRDN(**TINY, upscale=scale, shift_mode='copy').eval()
-    plain = RDN(**TINY, upscale=scale).eval()
-    plain.load_state_dict(plain_state_from_ghost(ghost, plain))
-    x = torch.rand(1, 3, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(ghost(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert_copy_equals_plain(GhostRDN(**TINY, upscale=scale, shift_mode='copy'), RDN(**TINY, upscale=scale),
+                             torch.rand(1, 3, 8, 8))
 
 
 def test_learnable_train_and_eval():
     torch.manual_seed(0)
-    net = GhostRDN(**TINY, upscale=2)
-    x = torch.rand(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # trained without GhostSRModel
-        net.train()(x).mean().backward()
-    assert all(m.shift_logits.grad is not None for m in ghost_layers(net))
-    net.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), net(x))
+    assert_learnable_trains(GhostRDN(**TINY, upscale=2), torch.rand(2, 3, 8, 8))
 
 
 @pytest.mark.parametrize('cls', [RDN, GhostRDN])
