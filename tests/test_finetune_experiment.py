@@ -51,3 +51,12 @@ def test_trained_iter_is_the_checkpoints_schedule_counter(tmp_path):
     path = tmp_path / 'net_g_latest.pth'
     torch.save({'params': {'ghost_schedule.iteration': torch.tensor(1926), 'w': torch.zeros(1)}}, path)
     assert fx.trained_iter(str(path)) == 1926
+
+
+def test_lever_names_only_what_the_set_overrides_added():
+    copy_run = dict(fx.RUNS['copy_s0'][1])
+    assert fx.lever('copy_s0', {'run': 'copy_s0', 'overrides': copy_run}) == '-'
+    record = {'run': 'copy_s0', 'overrides': {**copy_run, 'distill.loss_weight': 4}}
+    assert fx.lever('lever_teacher4_copy_s0', record) == '`distill.loss_weight=4`'
+    # records made before 'run' was kept are named by their key
+    assert fx.lever('learnable_s1', {'overrides': fx.RUNS['learnable_s1'][1]}) == '-'

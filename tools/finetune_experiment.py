@@ -211,18 +211,26 @@ def prepare_inputs(data):
         atomic_torch_save({'params': state}, pretrained)
 
 
+def lever(name, record):
+    """The ``--set`` overrides a recorded run added to its named run (what a lever run changed), or '-'."""
+    own = RUNS.get(record.get('run', name), (None, {}))[1]
+    extra = {k: v for k, v in record.get('overrides', {}).items() if k not in own or own[k] != v}
+    return ', '.join(f'`{k}={v}`' for k, v in extra.items()) or '-'
+
+
 def write_report(results, name):
     """docs/results/<name>.md (table of every recorded run) and <name>.png (Set5 validation curves)."""
     from ghostsr_plugin.utils.checkpoint import atomic_write
     runs = results['runs']
     sets = sorted({s for r in runs.values() for s in r.get('last', {})}, key=['Set5', 'Set14', 'B100'].index)
-    lines = ['| run | iters | train min | ' + ' | '.join(f'{s} last / best' for s in sets) + ' | offsets at the end |',
-             '|---|---|---|' + '---|' * len(sets) + '---|']
+    lines = ['| run | lever (--set) | iters | train min | ' + ' | '.join(f'{s} last / best' for s in sets) +
+             ' | offsets at the end |', '|---|---|---|---|' + '---|' * len(sets) + '---|']
     for run, r in runs.items():
         cells = ' | '.join(f'{r["last"][s]["psnr"]:.2f} / {r["best"][s]["psnr"]:.2f}' if 'best' in r else
                            f'{r["last"][s]["psnr"]:.2f} / -' for s in sets)
         moved = sum(v != [0, 0] for v in r.get('last_offsets', {}).values())
-        lines.append(f'| {run} | {r.get("trained_iter", r["total_iter"])} | {r["wall_minutes"]} | {cells} | '
+        iters = r.get('trained_iter', r['total_iter'])
+        lines.append(f'| {run} | {lever(run, r)} | {iters} | {r["wall_minutes"]} | {cells} | '
                      f'{moved} of {len(r.get("last_offsets", {}))} moved |')
     machines = sorted({r['machine'] for r in runs.values()})
     lines.append('\nY-PSNR (dB), crop_border 2. "best": the checkpoint of the best Set5 validation (`val: save_best`). '
