@@ -93,14 +93,15 @@ def time_per_iteration(scale, teacher, dataset_opt, steps=5):
     return statistics.median(b - a for a, b in zip(stamps[1:-1], stamps[2:]))
 
 
-def large_enough(train_data, scale, meta_path):
-    """BasicSR meta-info file listing the training images whose LR side fits a 48x48 patch (T91 has smaller ones)."""
+def large_enough(train_data, scale, meta_path, patch=LR_PATCH):
+    """BasicSR meta-info file listing the training images whose LR side fits a ``patch`` x ``patch`` patch (48 by
+    default; T91 has smaller ones)."""
     names = sorted(n for n in os.listdir(train_data.lr[scale]) if not n.startswith('.'))
-    kept = [n for n in names if min(cv2.imread(os.path.join(train_data.lr[scale], n)).shape[:2]) >= LR_PATCH]
+    kept = [n for n in names if min(cv2.imread(os.path.join(train_data.lr[scale], n)).shape[:2]) >= patch]
     os.makedirs(os.path.dirname(meta_path), exist_ok=True)
     with open(meta_path, 'w') as file:
         file.writelines(f'{n}\n' for n in kept)
-    print(f'   {len(kept)} of {len(names)} training images fit {LR_PATCH}x{LR_PATCH} LR patches at x{scale}', flush=True)
+    print(f'   {len(kept)} of {len(names)} training images fit {patch}x{patch} LR patches at x{scale}', flush=True)
     return meta_path
 
 

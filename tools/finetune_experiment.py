@@ -153,9 +153,10 @@ def train_and_record(run, args):
     folder = os.path.join(ROOT, 'experiments', 'finetune_options')
     os.makedirs(folder, exist_ok=True)
     opt_path = os.path.join(folder, f'{name}.yml')
+    train_set = opt['datasets']['train']  # the meta file of the run's patch size
+    train_set['meta_info_file'] = prepare_inputs(args.data, train_set['gt_size'] // SCALE)
     with open(opt_path, 'w') as file:
         yaml.safe_dump(opt, file, sort_keys=False)
-    prepare_inputs(args.data)
     start = time.time()
     proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', opt_path], cwd=ROOT)
     if proc.returncode != 0:
@@ -196,19 +197,23 @@ def machine():
     return f'{torch.cuda.get_device_name(0)} (host: {cpu})' if torch.cuda.is_available() else cpu
 
 
-def prepare_inputs(data):
-    """The training pairs (cached under datasets/) and the converted CARN_M the option files point at."""
+def prepare_inputs(data, lr_patch):
+    """The training pairs (cached under datasets/), the converted CARN_M the option files point at, and the meta-info
+    file of the training images whose LR side fits ``lr_patch``, returned relative to the project root (e.g.
+    ``datasets/T91_BSD200/meta_x2_lr48.txt``, the option file's)."""
     from ghostsr_plugin.compress.convert import convert_carn
-    from ghostsr_plugin.demo import LR_PATCH, large_enough
+    from ghostsr_plugin.demo import large_enough
     from ghostsr_plugin.prepare_data import prepare
     from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
     train = prepare([os.path.join(data, 'train', 'T91'), os.path.join(data, 'train', 'BSD200')],
                     os.path.join(ROOT, 'datasets', 'T91_BSD200'), 'T91_BSD200', scales=(SCALE, ), workers=2)
-    large_enough(train, SCALE, os.path.join(ROOT, 'datasets', 'T91_BSD200', f'meta_x{SCALE}_lr{LR_PATCH}.txt'))
+    meta = os.path.join('datasets', 'T91_BSD200', f'meta_x{SCALE}_lr{lr_patch}.txt')
+    large_enough(train, SCALE, os.path.join(ROOT, meta), lr_patch)
     pretrained = os.path.join(ROOT, 'experiments', 'pretrained', f'CARN_M_x{SCALE}.pth')
     if not os.path.exists(pretrained):
         state, _ = convert_carn(load_checkpoint(os.path.join(data, 'weights', 'carn_m.pth'), None), 'CARN_M', SCALE)
         atomic_torch_save({'params': state}, pretrained)
+    return meta
 
 
 def lever(name, record):
