@@ -60,3 +60,11 @@ def test_lever_names_only_what_the_set_overrides_added():
     assert fx.lever('lever_teacher4_copy_s0', record) == '`distill.loss_weight=4`'
     # records made before 'run' was kept are named by their key
     assert fx.lever('learnable_s1', {'overrides': fx.RUNS['learnable_s1'][1]}) == '-'
+
+
+def test_set_values_are_typed():
+    """--set train.optim_g.lr=2e-4 must give Adam a float (YAML 1.1 alone reads it as a string)."""
+    assert fx.parse_set('train.optim_g.lr=2e-4') == ('train.optim_g.lr', 2e-4)
+    assert fx.parse_set('network_g.shift_mode=copy') == ('network_g.shift_mode', 'copy')
+    assert fx.parse_set('ghost_init=null') == ('ghost_init', None)
+    assert fx.parse_set('manual_seed=1') == ('manual_seed', 1)

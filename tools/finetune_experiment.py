@@ -186,7 +186,13 @@ def parse_set(text):
     if '=' not in text:
         raise SystemExit(f'--set needs KEY=VALUE (dotted keys, e.g. ghost.freeze_offsets_at=0.8), got {text!r}')
     key, value = text.split('=', 1)
-    return key.strip(), yaml.safe_load(value)
+    value = yaml.safe_load(value)
+    if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string; the option files write !!float
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def machine():
