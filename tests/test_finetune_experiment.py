@@ -68,3 +68,21 @@ def test_set_values_are_typed():
     assert fx.parse_set('network_g.shift_mode=copy') == ('network_g.shift_mode', 'copy')
     assert fx.parse_set('ghost_init=null') == ('ghost_init', None)
     assert fx.parse_set('manual_seed=1') == ('manual_seed', 1)
+
+
+def test_a_run_with_ema_is_evaluated_on_its_ema_weights(tmp_path):
+    """BasicSR validates the EMA network when train.ema_decay > 0, so the recorded figures and offsets must come from
+    'params_ema' too (here it differs from 'params' in one W'); a checkpoint without it falls back to 'params'."""
+    import torch
+    from basicsr.archs import build_network
+    opt = fx.run_options('learnable_s0', fx.RECIPE, {})
+    state = build_network(dict(opt['network_g'])).state_dict()
+    logits = next(k for k in state if k.endswith('shift_logits'))
+    ema = {**state, logits: torch.zeros_like(state[logits]).index_fill_(0, torch.tensor([0]), 1.0)}
+    trained = {**state, logits: torch.zeros_like(state[logits]).index_fill_(0, torch.tensor([8]), 1.0)}
+    layer = logits.removesuffix('.shift_logits')
+    path = tmp_path / 'net_g_latest.pth'
+    torch.save({'params': trained, 'params_ema': ema}, path)
+    assert fx.evaluate_checkpoint(opt, str(path), None, [])[1][layer] == [-1, -1]  # offset 0 of the 3x3 moves
+    torch.save({'params': trained}, path)
+    assert fx.evaluate_checkpoint(opt, str(path), None, [])[1][layer] == [1, 1]

@@ -130,12 +130,13 @@ def load_results(results):
 
 
 def evaluate_checkpoint(opt, path, data, sets):
-    """Y-PSNR/SSIM of checkpoint ``path`` in the run's network, and its offsets (argmax W')."""
+    """Y-PSNR/SSIM of checkpoint ``path`` in the run's network, and its offsets (argmax W'). The EMA weights when
+    the run kept them (``train.ema_decay`` > 0), as BasicSR's validation does; else the trained ones."""
     from basicsr.archs import build_network
     from ghostsr_plugin.evaluate import evaluate, set_pairs
     from ghostsr_plugin.ops.ghost_conv import ghost_offsets
     from ghostsr_plugin.utils.network import load_weights
-    net = load_weights(build_network(copy.deepcopy(opt['network_g'])), path).eval()
+    net = load_weights(build_network(copy.deepcopy(opt['network_g'])), path, 'params_ema').eval()
     scores = {}
     for name in sets:
         result = evaluate(net, set_pairs(os.path.join(data, 'benchmark'), name, SCALE), SCALE, 'cpu', False)
