@@ -86,3 +86,13 @@ def test_a_run_with_ema_is_evaluated_on_its_ema_weights(tmp_path):
     assert fx.evaluate_checkpoint(opt, str(path), None, [])[1][layer] == [-1, -1]  # offset 0 of the 3x3 moves
     torch.save({'params': trained}, path)
     assert fx.evaluate_checkpoint(opt, str(path), None, [])[1][layer] == [1, 1]
+
+
+def test_the_best_recipe_file_is_the_measured_run():
+    """options/finetune_GhostCARN_M_x2_copy.yml is exactly the run measured as issue 12's best recipe
+    (finetune_experiment.py copy_s0 --iters 3400), but for its name."""
+    import yaml
+    with open(os.path.join(ROOT, 'options', 'finetune_GhostCARN_M_x2_copy.yml')) as file:
+        committed = yaml.safe_load(file)
+    measured = fx.run_options('finetune_GhostCARN_M_x2_copy', fx.RECIPE, dict(fx.RUNS['copy_s0'][1]), iters=3400)
+    assert committed == measured
