@@ -255,11 +255,12 @@ def write_report(results, name):
     # Against iterations (the schedule) and against training minutes (the budget; a run slowed by other work on
     # the machine looks stretched there, not in the first panel).
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for run, r in runs.items():
+    colours = plt.get_cmap('tab20').colors  # one colour a run (the default cycle repeats after ten)
+    for i, (run, r) in enumerate(runs.items()):
         if r['curve_set5_psnr']:
             minutes, iters, psnr = zip(*r['curve_set5_psnr'])
             for ax, x in zip(axes, (iters, minutes)):
-                ax.plot(x, psnr, marker='o', ms=3, label=run)
+                ax.plot(x, psnr, marker='o', ms=3, label=run, color=colours[i % len(colours)])
     for ax, label in zip(axes, ('iteration', 'training minutes')):
         ax.axhline(37.68, color='k', ls='--', lw=1, label='CARN_M (37.68)')
         ax.axhline(37.58, color='grey', ls=':', lw=1, label='CARN_M - 0.10 dB')
