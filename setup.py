@@ -101,6 +101,7 @@ setup(
     packages=find_packages(include=['ghostsr_plugin', 'ghostsr_plugin.*']),
     py_modules=['ghostsr_autoload'],
     python_requires='>=3.9',
+    entry_points={'console_scripts': ['ghostsr = ghostsr_plugin.cli:main']},
     ext_modules=ext_modules,
     cmdclass={
         'build_py': BuildPyWithAutoload,

@@ -9,6 +9,6 @@ ghostsr_autoload.install_compat()  # BasicSR 1.4.2 needs it before its first imp
 
 from ghostsr_plugin import archs, models  # noqa: E402,F401  (registration)
 from ghostsr_plugin.ops.backend import backend_name  # noqa: E402,F401
-from ghostsr_plugin.compress.ghostify import ghostify  # noqa: E402,F401  (GhostSR for any network)
+from ghostsr_plugin.compress.ghostifier import ghostify  # noqa: E402,F401  (GhostSR for any network)
 
 __version__ = '0.1.0'

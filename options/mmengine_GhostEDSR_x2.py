@@ -28,7 +28,7 @@ train_dataloader = dict(
         scale=scale,
         dataset=dict(
             type='PairedImageDataset',
-            dataroot_gt='datasets/DIV2K/DIV2K_train_HR_sub',  # made by python -m ghostsr_plugin.prepare_data
+            dataroot_gt='datasets/DIV2K/DIV2K_train_HR_sub',  # made by ghostsr prepare_data
             dataroot_lq='datasets/DIV2K/DIV2K_train_LR_bicubic/X2_sub',
             filename_tmpl='{}',
             io_backend=dict(type='disk'),

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from hardening_helpers import Hostile
-from ghostsr_plugin.utils.checkpoint import (CheckpointError, NoSpaceLeftError, atomic_torch_save, atomic_write,
-                                             default_file_mode, load_checkpoint, remove_temporaries, torch_load)
+from ghostsr_plugin.utils.checkpoint import CheckpointError, load_checkpoint, torch_load
+from ghostsr_plugin.utils.atomic import (NoSpaceLeftError, atomic_torch_save, atomic_write, default_file_mode,
+                                         remove_temporaries)
 
 
 @pytest.mark.parametrize('fmt', ['zip', 'legacy', 'raw pickle'])
@@ -154,7 +155,7 @@ def test_killed_save_leaves_only_a_temporary(tmp_path):
     import subprocess
     import sys
     script = ('import os, signal\n'
-              'from ghostsr_plugin.utils.checkpoint import atomic_write\n'
+              'from ghostsr_plugin.utils.atomic import atomic_write\n'
               f'atomic_write({str(tmp_path / "6.state")!r}, '
               'lambda f: (f.write(b"x" * 1000), f.flush(), os.kill(os.getpid(), signal.SIGKILL)))\n')
     proc = subprocess.run([sys.executable, '-c', script], capture_output=True)

@@ -1,69 +1,59 @@
-"""ghostsr_plugin.utils.cli.run_command: bad input is one line `<command>: error: ...` with exit code 2, a full disk
-one line with exit code 1, the traceback only with --debug or GHOSTSR_DEBUG=1, bugs keep their traceback; and the
-entry points (train, test, evaluate, convert; demo in test_demo.py) deliver their errors this way when run with `python -m`."""
-import errno
+"""The one entry point of the commands (ghostsr_plugin.cli): `ghostsr --help` and `python -m ghostsr_plugin --help`
+list every command with one line, every listed command has a module whose --help works, an unknown command is one
+line naming the allowed ones (exit 2), and the commands deliver their errors as one line through it."""
+import os
+import subprocess
 
 import pytest
 
 from conftest import python, run
-from ghostsr_plugin.utils.checkpoint import NoSpaceLeftError
-from ghostsr_plugin.utils.cli import UserInputError, error_line, run_command
+from ghostsr_plugin import cli
 
 
-def _raising(err):
-    def main(argv):
-        raise err
-    return main
+def test_help_lists_every_command_with_one_line(capsys):
+    assert cli.main(['--help']) == 0
+    out = capsys.readouterr().out
+    for name, line in cli.COMMANDS.items():
+        assert f'  {name}' in out and line in out
+    assert cli.main([]) == 2  # no command: the list, and a usage error
 
 
-@pytest.mark.parametrize('err,line,code', [
-    (UserInputError('--scale must be 2, 3 or 4, got 5'), 'cmd: error: --scale must be 2, 3 or 4, got 5', 2),
-    (KeyError('x.pth: no "params" in the checkpoint'), 'cmd: error: x.pth: no "params" in the checkpoint', 2),
-    (FileNotFoundError(errno.ENOENT, 'No such file or directory', 'in.png'), 'cmd: error: in.png: No such file or '
-                                                                            'directory', 2),
-    (NoSpaceLeftError(errno.ENOSPC, 'no space left on /data while writing 4.state; ...'),
-     'cmd: error: no space left on /data while writing 4.state; ...', 1),
-    (OSError(errno.EDQUOT, 'Disk quota exceeded'), 'cmd: error: [Errno 122] Disk quota exceeded', 1),
-])
-def test_one_line_and_exit_code(err, line, code, capsys, monkeypatch):
-    monkeypatch.delenv('GHOSTSR_DEBUG', raising=False)
-    assert run_command('cmd', _raising(err), []) == code
-    assert capsys.readouterr().err == line + '\n'
-
-
-@pytest.mark.parametrize('debug', ['flag', 'env'])
-def test_traceback_on_request(debug, capsys, monkeypatch):
-    monkeypatch.setenv('GHOSTSR_DEBUG', '1' if debug == 'env' else '0')
-    argv = ['--debug'] if debug == 'flag' else []
-    assert run_command('cmd', _raising(ValueError('bad')), argv) == 2
+def test_unknown_command_is_one_line(capsys):
+    assert cli.main(['compres']) == 2
     err = capsys.readouterr().err
-    assert 'Traceback (most recent call last)' in err and err.endswith('cmd: error: bad\n')
+    assert err.startswith("ghostsr: error: unknown command 'compres'; allowed: demo, train,") and \
+        len(err.splitlines()) == 1
 
 
-def test_bugs_and_exit_codes_pass_through(monkeypatch):
-    monkeypatch.delenv('GHOSTSR_DEBUG', raising=False)
-    with pytest.raises(RuntimeError):
-        run_command('cmd', _raising(RuntimeError('a bug')), [])
-    with pytest.raises(OSError):
-        run_command('cmd', _raising(OSError(errno.EIO, 'I/O error')), [])
-    assert run_command('cmd', lambda argv: None, []) == 0 and run_command('cmd', lambda argv: 3, []) == 3
+@pytest.mark.parametrize('command', sorted(cli.COMMANDS))
+def test_every_command_has_help(command, capsys):
+    """Each command module parses --help (argparse exits 0) without running anything."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(command, ['--help'])
+    assert exit_.value.code in (0, None)
+    assert capsys.readouterr().out.strip()
 
 
-def test_error_line_keeps_a_named_path():
-    err = FileNotFoundError(errno.ENOENT, 'No such file or directory', 'a.yml')
-    assert error_line('c', err) == 'c: error: a.yml: No such file or directory'
+def test_console_script_and_module_agree(tmp_path):
+    """The installed `ghostsr` script (setup.py's console_scripts) and `python -m ghostsr_plugin` print the same list."""
+    script = os.path.join(os.path.dirname(python()), 'ghostsr')
+    assert os.path.isfile(script), 'ghostsr console script not installed (pip install -e . installs it)'
+    module = run([python(), '-m', 'ghostsr_plugin', '--help'], cwd=tmp_path)
+    console = subprocess.run([script, '--help'], cwd=tmp_path, capture_output=True, text=True)
+    assert module.returncode == console.returncode == 0 and module.stdout == console.stdout
 
 
-@pytest.mark.parametrize('module,argv,message', [
-    ('ghostsr_plugin.train', ['-opt', 'nope.yml'], 'option file not found: nope.yml'),
-    ('ghostsr_plugin.test', ['-opt', 'nope.yml'], 'option file not found: nope.yml'),
-    ('ghostsr_plugin.evaluate', ['--arch', 'EDSR', '--ckpt', 'nope.pth', '--scale', '2', '--data', '.', '--set', 'X'],
+@pytest.mark.parametrize('command,argv,message', [
+    ('train', ['-opt', 'nope.yml'], 'option file not found: nope.yml'),
+    ('test', ['-opt', 'nope.yml'], 'option file not found: nope.yml'),
+    ('evaluate', ['--arch', 'EDSR', '--ckpt', 'nope.pth', '--scale', '2', '--data', '.', '--set', 'X'],
      'set X: ./X does not exist'),
-    ('ghostsr_plugin.convert', ['--arch', 'CARN_M', '--in', 'nope.pth', '--out', 'o.pth'],
+    ('convert', ['--arch', 'CARN_M', '--in', 'nope.pth', '--out', 'o.pth'],
      'checkpoint not found: nope.pth'),
 ])
-def test_entry_points(module, argv, message, tmp_path):
-    proc = run([python(), '-m', module, *argv], cwd=tmp_path, env={'GHOSTSR_DEBUG': '0'})
+def test_entry_points_give_one_line_errors(command, argv, message, tmp_path):
+    """`python -m ghostsr_plugin <command>` delivers bad input as one line `ghostsr <command>: error: ...`, exit 2."""
+    proc = run([python(), '-m', 'ghostsr_plugin', command, *argv], cwd=tmp_path, env={'GHOSTSR_DEBUG': '0'})
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith(f'{module}: error: ') and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f'ghostsr {command}: error: ') and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     assert message in proc.stderr and proc.stdout == ''

@@ -2,7 +2,7 @@
 randomly initialised plain twin (ghost_init:) and runs a GhostSRModel training step with the plain twin as teacher
 (distill:); ECBSR's re-parameterised blocks are merged first (its branch checkpoint too), and refused by name with
 reparameterize: false. spandrel checkpoints (random init, saved to files), SPAN included (merged first), go through
-``python -m ghostsr_plugin.ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed options load,
+``ghostsr ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed options load,
 with the right output size; unidentifiable files and SPAN with --no_reparameterize are one clear error."""
 import json
 
@@ -12,7 +12,7 @@ import yaml
 
 import ghostsr_plugin  # noqa: F401
 from basicsr.archs import build_network
-from ghostsr_plugin.compress.cluster import plain_twin_options
+from ghostsr_plugin.archs.twins import plain_twin_options
 from ghostsr_plugin.ops import ghost_layers
 
 # (plain options at scale 2, number of ghosted layers)
@@ -102,8 +102,8 @@ def spandrel_nets():
 
 @pytest.mark.parametrize('arch', ['ESRGAN', 'Compact', 'RCAN', 'SwinIR', 'SPAN'])
 def test_spandrel_checkpoint_to_ghost_checkpoint(arch, tmp_path, capsys):
-    from ghostsr_plugin.ghostify import main as command_main
-    from ghostsr_plugin.utils.network import load_network
+    from ghostsr_plugin.cli.ghostify import main as command_main
+    from ghostsr_plugin.archs.build import load_network
     torch.manual_seed(0)
     plain = spandrel_nets()[arch]().eval()
     torch.save(plain.state_dict(), tmp_path / 'plain.pth')
@@ -125,15 +125,15 @@ def test_spandrel_checkpoint_to_ghost_checkpoint(arch, tmp_path, capsys):
 def test_spandrel_bad_inputs_are_one_error(tmp_path, capsys):
     pytest.importorskip('spandrel')
     from spandrel.architectures.SPAN import SPAN
-    from ghostsr_plugin.ghostify import main
-    from ghostsr_plugin.utils.cli import run_command
+    from ghostsr_plugin.cli.ghostify import main
+    from ghostsr_plugin.utils.errors import run_command
     torch.save(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict(), tmp_path / 'span.pth')
     torch.save({'foo.weight': torch.zeros(2, 2)}, tmp_path / 'unknown.pth')
     out = str(tmp_path / 'ghost.pth')
-    assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'span.pth'), '--out', out,
+    assert run_command('ghostsr ghostify', main, ['--model', str(tmp_path / 'span.pth'), '--out', out,
                                                          '--no_reparameterize']) == 2
     assert 'SPAN has no convolution to ghost' in capsys.readouterr().err
-    assert run_command('ghostsr_plugin.ghostify', main, ['--model', str(tmp_path / 'unknown.pth'), '--out', out]) == 2
+    assert run_command('ghostsr ghostify', main, ['--model', str(tmp_path / 'unknown.pth'), '--out', out]) == 2
     err = capsys.readouterr().err
     assert 'unknown.pth: spandrel 0.4.2 cannot identify the architecture' in err and 'ESRGAN' in err
     assert not (tmp_path / 'ghost.pth').exists()
@@ -142,7 +142,7 @@ def test_spandrel_bad_inputs_are_one_error(tmp_path, capsys):
 def test_hand_written_ghost_archs_are_thin_registrations_over_ghostify():
     import inspect
     from basicsr.utils.registry import ARCH_REGISTRY
-    from ghostsr_plugin.compress.ghostify import GHOST_ARGS
+    from ghostsr_plugin.compress.ghostifier import GHOST_ARGS
     for name, plain in (('GhostEDSR', 'EDSR'), ('GhostRDN', 'RDN'), ('GhostCARN', 'CARN'), ('GhostCARN_M', 'CARN_M')):
         cls = ARCH_REGISTRY.get(name)
         params = list(inspect.signature(cls).parameters)
@@ -157,8 +157,8 @@ def test_hand_written_ghost_archs_are_thin_registrations_over_ghostify():
 
 def test_arch_and_opt_sources_of_the_command(tmp_path, capsys):
     from basicsr.archs.edsr_arch import EDSR
-    from ghostsr_plugin.ghostify import main
-    from ghostsr_plugin.utils.network import load_network
+    from ghostsr_plugin.cli.ghostify import main
+    from ghostsr_plugin.archs.build import load_network
     args = {'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2}
     torch.save({'params': EDSR(**args).state_dict()}, tmp_path / 'edsr.pth')
     (tmp_path / 'plain.yml').write_text(yaml.safe_dump({'network_g': {'type': 'EDSR', **args}}))
@@ -184,7 +184,7 @@ def test_import_does_not_load_spandrel():
 def test_spandrel_safetensors_file(tmp_path, capsys):
     pytest.importorskip('spandrel')
     from safetensors.torch import save_file
-    from ghostsr_plugin.ghostify import main
+    from ghostsr_plugin.cli.ghostify import main
     torch.manual_seed(0)
     save_file(spandrel_nets()['Compact']().state_dict(), str(tmp_path / 'compact.safetensors'))
     out = str(tmp_path / 'ghost.pth')

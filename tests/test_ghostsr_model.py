@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 import ghostsr_plugin  # noqa: F401
 from basicsr.archs import build_network
 from ghostsr_plugin.ops.ghost_conv import ghost_layers
-from ghostsr_plugin.utils.checkpoint import atomic_torch_save
+from ghostsr_plugin.utils.atomic import atomic_torch_save
 
 NET = {'type': 'GhostEDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 2, 'upscale': 2}
 
@@ -245,7 +245,7 @@ def test_save_best_keeps_the_best_validation_checkpoint(tiny_data, tmp_path):
 
 
 def test_frozen_offsets_and_best_checkpoint_survive_resume(tiny_data, tmp_path):
-    """Through `python -m ghostsr_plugin.train`: offsets frozen at iteration 2 stay frozen (same W', same moves)
+    """Through `ghostsr train`: offsets frozen at iteration 2 stay frozen (same W', same moves)
     after --auto_resume, and the best-validation record is carried over instead of restarting."""
     import json
     from conftest import python, run, train_options, write_options
@@ -253,12 +253,12 @@ def test_frozen_offsets_and_best_checkpoint_survive_resume(tiny_data, tmp_path):
     opt['ghost'] = {'freeze_offsets_at': 2, 'shift_lr_mult': 100}
     opt['val'].update(val_freq=1, save_best='psnr')
     opt['train']['scheduler']['periods'] = [6]
-    assert run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path)],
+    assert run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', write_options(opt, tmp_path)],
                cwd=tmp_path).returncode == 0
     models = tmp_path / 'experiments' / 'freeze_resume' / 'models'
     best_before = json.loads((models / 'best.json').read_text())
     opt['train']['total_iter'] = 6
-    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, tmp_path), '--auto_resume'],
+    proc = run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', write_options(opt, tmp_path), '--auto_resume'],
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logits = {}

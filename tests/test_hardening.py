@@ -11,16 +11,15 @@ Proves, item by item:
    damaged newest state with a warning naming it and resumes from the newest complete one;
 8. grey / RGBA / 16-bit test images are named once per set.
 Items 4 (evaluate's errors), 5 (full disk), 6 (error delivery) and 7 (file modes) are also covered beside their
-modules: tests/test_evaluate.py, test_checkpoint.py, test_resume.py, test_cli.py.
+modules: tests/test_quality.py, test_checkpoint.py, test_resume.py, test_errors.py.
 
 Adding a load path (a new command that reads a checkpoint): one entry in :data:`LOAD_PATHS`, a function of the
 :class:`Plant` context returning ``(module, argv)``; ``c.evil`` is the hostile file, ``c.train_opt(...)`` /
 ``c.test_opt(...)`` write option files, ``c.bench`` is a benchmark root, ``c.image`` an image file, e.g.
-``'upscale --ckpt': lambda c: ('ghostsr_plugin.upscale', ['-opt', c.test_opt(), '--ckpt', c.evil, '-i', c.image,
-'-o', c.tmp / 'out'])``. The command runs in this process through ``run_command`` (``sys.argv`` set, in ``c.tmp``).
+``'upscale --ckpt': lambda c: ('upscale', ['-opt', c.test_opt(), '--ckpt', c.evil, '-i', c.image,
+'-o', c.tmp / 'out'])``. The command runs in this process as ``ghostsr <command>`` runs it (``ghostsr_plugin.cli.run``, in ``c.tmp``).
 """
 import glob
-import importlib
 import os
 import shutil
 import sys
@@ -32,7 +31,7 @@ import torch
 
 from conftest import SCALE, python, run, train_options, write_options
 from hardening_helpers import Hostile
-from ghostsr_plugin.utils.cli import run_command
+from ghostsr_plugin import cli
 
 NET = {'type': 'GhostEDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}
 PLAIN = dict(NET, type='EDSR')
@@ -103,46 +102,45 @@ class Plant:
 
 # name -> function(Plant) -> (command module, argv). Every path a checkpoint or training state is loaded from.
 LOAD_PATHS = {
-    'evaluate --ckpt': lambda c: ('ghostsr_plugin.evaluate', [
+    'evaluate --ckpt': lambda c: ('evaluate', [
         '--arch', 'EDSR', '--arch_args', '{"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2}', '--ckpt', c.evil,
         '--set', 'Tiny', '--scale', SCALE, '--data', c.bench]),
-    'convert --in': lambda c: ('ghostsr_plugin.convert', ['--arch', 'CARN_M', '--in', c.evil, '--out', c.tmp / 'o.pth']),
-    'cluster --pretrained': lambda c: ('ghostsr_plugin.cluster', [
+    'convert --in': lambda c: ('convert', ['--arch', 'CARN_M', '--in', c.evil, '--out', c.tmp / 'o.pth']),
+    'cluster --pretrained': lambda c: ('cluster', [
         '-opt', c.train_opt(), '--pretrained', c.evil, '--out', c.tmp / 'g.pth', '--no_progress']),
-    'train path: pretrain_network_g': lambda c: ('ghostsr_plugin.train', ['-opt', c.train_opt(
+    'train path: pretrain_network_g': lambda c: ('train', ['-opt', c.train_opt(
         path={'pretrain_network_g': c.evil})]),
-    'train ghost_init: pretrain_path': lambda c: ('ghostsr_plugin.train', ['-opt', c.train_opt(
+    'train ghost_init: pretrain_path': lambda c: ('train', ['-opt', c.train_opt(
         ghost_init={'pretrain_path': c.evil})]),
-    'train distill: teacher_path': lambda c: ('ghostsr_plugin.train', ['-opt', c.train_opt(
+    'train distill: teacher_path': lambda c: ('train', ['-opt', c.train_opt(
         distill={'teacher_path': c.evil})]),
-    'train path: resume_state': lambda c: ('ghostsr_plugin.train', ['-opt', c.train_opt(
+    'train path: resume_state': lambda c: ('train', ['-opt', c.train_opt(
         path={'resume_state': c.evil})]),
     'train --auto_resume': lambda c: (c.plant('experiments/exp/models/net_g_8.pth'),
                                       c.plant('experiments/exp/training_states/8.state'),
-                                      ('ghostsr_plugin.train', ['-opt', c.train_opt(), '--auto_resume']))[-1],
-    'test path: pretrain_network_g': lambda c: ('ghostsr_plugin.test', ['-opt', c.test_opt(pretrain=c.evil)]),
-    'upscale --ckpt': lambda c: ('ghostsr_plugin.upscale', [
+                                      ('train', ['-opt', c.train_opt(), '--auto_resume']))[-1],
+    'test path: pretrain_network_g': lambda c: ('test', ['-opt', c.test_opt(pretrain=c.evil)]),
+    'upscale --ckpt': lambda c: ('upscale', [
         '-i', c.image, '-o', c.tmp / 'up', '-opt', c.test_opt(), '--ckpt', c.evil, '--device', 'cpu']),
-    'report OPT:CKPT': lambda c: ('ghostsr_plugin.report', [
+    'report OPT:CKPT': lambda c: ('report', [
         f'{c.test_opt()}:{c.evil}', '--set', 'Tiny', '--data', c.bench, '--no-latency', '--out', c.tmp / 'rep']),
-    'export --ckpt': lambda c: ('ghostsr_plugin.export', [
+    'export --ckpt': lambda c: ('export', [
         '-opt', c.test_opt(), '--ckpt', c.evil, '--out', c.tmp / 'exported', '--format', 'pt2']),
-    'ghostify --pretrained': lambda c: ('ghostsr_plugin.ghostify', [
+    'ghostify --pretrained': lambda c: ('ghostify', [
         '--arch', 'EDSR', '--arch_args', '{"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2}',
         '--pretrained', c.evil, '--out', c.tmp / 'gh.pth']),
-    'ghostify --model (spandrel)': lambda c: ('ghostsr_plugin.ghostify', ['--model', c.evil, '--out', c.tmp / 'gh.pth']),
+    'ghostify --model (spandrel)': lambda c: ('ghostify', ['--model', c.evil, '--out', c.tmp / 'gh.pth']),
 }
 
 
-def run_in_process(module, argv, monkeypatch, cwd):
-    """Run a command's ``main`` as its ``__main__`` does; returns (exit code, stderr text source)."""
+def run_in_process(command, argv, monkeypatch, cwd):
+    """Run a command as ``ghostsr <command> argv...`` does; returns (exit code, stderr text source)."""
     argv = [str(a) for a in argv]
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, 'argv', [module] + argv)
+    monkeypatch.setattr(sys, 'argv', ['ghostsr', command] + argv)
     monkeypatch.delenv('GHOSTSR_DEBUG', raising=False)
-    command = importlib.import_module(module)
     try:
-        return run_command(module, command.main, argv), None
+        return cli.run(command, argv), None
     except SystemExit as exit_:  # commands that still exit with a message
         return (1, str(exit_.code)) if isinstance(exit_.code, str) else (exit_.code, None)
 
@@ -169,9 +167,9 @@ def test_hostile_pickle_in_a_subprocess(tiny_data, tmp_path):
     """The same through `python -m` (what a user runs), for the resume path of item 1."""
     plant = Plant(tmp_path, tiny_data)
     state = plant.plant('experiments/exp/training_states/4.state')
-    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', plant.train_opt(), '--auto_resume'], cwd=tmp_path)
+    proc = run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', plant.train_opt(), '--auto_resume'], cwd=tmp_path)
     assert proc.returncode == 2 and not plant.marker.exists()
-    assert proc.stderr.startswith(f'ghostsr_plugin.train: error: {state} was not loaded: it refers to posix.system'), \
+    assert proc.stderr.startswith(f'ghostsr train: error: {state} was not loaded: it refers to posix.system'), \
         proc.stderr[-2000:]
 
 
@@ -212,10 +210,10 @@ def test_rejected_run_leaves_the_experiment_alone(case, tiny_data, tmp_path, mon
     (existing / 'training_states').mkdir(parents=True)
     (existing / 'train_exp_1.log').write_text('the earlier run')
     before = tree(tmp_path)
-    code, _ = run_in_process('ghostsr_plugin.train', ['-opt', opt_path], monkeypatch, tmp_path)
+    code, _ = run_in_process('train', ['-opt', opt_path], monkeypatch, tmp_path)
     captured = capsys.readouterr()
     assert code == 2
-    assert captured.err.startswith('ghostsr_plugin.train: error: ') and len(captured.err.splitlines()) == 1
+    assert captured.err.startswith('ghostsr train: error: ') and len(captured.err.splitlines()) == 1
     assert message in captured.err, captured.err
     assert tree(tmp_path) == before
     assert 'network_g' not in captured.out and 'Disable distributed' not in captured.out  # no option dump
@@ -232,7 +230,7 @@ def test_test_refuses_an_lr_that_does_not_fit(crop, lr_size, tiny_data, tmp_path
     lr = lr[:crop, :crop] if crop < 0 else cv2.copyMakeBorder(lr, 0, crop, 0, crop, cv2.BORDER_REFLECT)
     cv2.imwrite(str(lr_dir / 'img3.png'), lr)
     opt_path = plant.test_opt(pretrain=True, lq=lr_dir)
-    code, _ = run_in_process('ghostsr_plugin.test', ['-opt', opt_path], monkeypatch, tmp_path)
+    code, _ = run_in_process('test', ['-opt', opt_path], monkeypatch, tmp_path)
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / 'results').exists()
     assert f'datasets.test_1 (tiny): img3.png: LR {lr_size} does not fit HR 32x32 at scale 2 (expected 16x16)' in err
@@ -244,7 +242,7 @@ def trained(tiny_data, tmp_path_factory):
     """An experiment trained for 2 iterations (states and models at iteration 2)."""
     root = tmp_path_factory.mktemp('trained')
     opt = train_options('exp', dict(NET), tiny_data, total_iter=2)
-    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', write_options(opt, root)], cwd=root)
+    proc = run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', write_options(opt, root)], cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -261,7 +259,7 @@ def test_restart_after_a_killed_save(trained, tmp_path):
     others = [states / '.keep.tmp', models / 'notes.tmp', models / '.net_g_4.pth.tmp']
     for path in orphans + others:
         path.write_bytes(b'partial')
-    proc = run([python(), '-m', 'ghostsr_plugin.train', '-opt', str(tmp_path / 'exp.yml'), '--auto_resume'],
+    proc = run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', str(tmp_path / 'exp.yml'), '--auto_resume'],
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'warning: --auto_resume: {states / "4.state"} is truncated or damaged' in proc.stderr
@@ -283,7 +281,7 @@ def test_test_names_converted_images_once(tiny_data, tmp_path, monkeypatch, caps
     cv2.imwrite(str(hr_dir / 'img2.png'), cv2.imread(str(hr_dir / 'img2.png')).astype(np.uint16) * 257)
     cv2.imwrite(str(hr_dir / 'img4.png'), cv2.cvtColor(cv2.imread(str(hr_dir / 'img4.png')), cv2.COLOR_BGR2BGRA))
     opt_path = plant.test_opt(pretrain=True, gt=hr_dir)
-    code, _ = run_in_process('ghostsr_plugin.test', ['-opt', opt_path], monkeypatch, tmp_path)
+    code, _ = run_in_process('test', ['-opt', opt_path], monkeypatch, tmp_path)
     out = capsys.readouterr().out
     assert code == 0
     notes = [line for line in out.splitlines() if 'converted to 8-bit RGB' in line]

@@ -157,7 +157,7 @@ def test_train_paths_fit_prepare_data_output(tmp_path):
     """prepare_data --name DIV2K --out <root>/DIV2K with sub-images and LMDBs gives what every train file reads."""
     import cv2
     import numpy as np
-    from ghostsr_plugin.prepare_data import prepare
+    from ghostsr_plugin.data.prepare import prepare
 
     hr_dir = tmp_path / 'DIV2K_train_HR'
     hr_dir.mkdir()

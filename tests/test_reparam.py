@@ -1,6 +1,6 @@
 """Re-parameterised blocks (ghostsr_plugin.compress.reparam): SPAN's Conv3XC and ECBSR's ECB merged into one 3×3 conv
 give the original eval output, under sensible state-dict names; their checkpoints (branch weights) are merged before
-clustering; SPAN goes from a saved file through ``python -m ghostsr_plugin.ghostify`` to a loadable Ghost checkpoint."""
+clustering; SPAN goes from a saved file through ``ghostsr ghostify`` to a loadable Ghost checkpoint."""
 import pytest
 import torch
 import yaml
@@ -8,8 +8,8 @@ from torch import nn
 
 import ghostsr_plugin  # noqa: F401  (registration)
 from basicsr.archs.ecbsr_arch import ECBSR
-from ghostsr_plugin.compress.cluster import cluster_init, plain_state_for
-from ghostsr_plugin.compress.ghostify import format_report, ghostify
+from ghostsr_plugin.compress.clustering import cluster_init, plain_state_for
+from ghostsr_plugin.compress.ghostifier import format_report, ghostify
 from ghostsr_plugin.compress.reparam import DeployConv3XC, DeployECB, merge_reparameterized, merged_state_dict
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
 
@@ -113,7 +113,7 @@ def test_clustering_a_lambda_duplicated_merged_span_keeps_its_output():
 
 def test_a_branch_checkpoint_is_merged_before_clustering():
     """plain_state_for: a SPAN checkpoint with its branch weights becomes the merged state dict (load -> merge ->
-    state dict) for a type: Ghost network; a deploy-form one and a hand-written Ghost arch's pass as they are; a
+    state dict) for a type: Ghost network; a deploy-form one and a registered Ghost arch's pass as they are; a
     branch checkpoint of another width is one error naming the file and the key."""
     SPAN = span_cls()
     torch.manual_seed(0)
@@ -133,11 +133,11 @@ def test_a_branch_checkpoint_is_merged_before_clustering():
 
 
 def test_span_file_through_the_ghostify_command(tmp_path, capsys):
-    """A randomly initialised SPAN saved to a file goes through python -m ghostsr_plugin.ghostify (merge -> ghostify
+    """A randomly initialised SPAN saved to a file goes through ghostsr ghostify (merge -> ghostify
     -> cluster): the written options and checkpoint load through utils.network, with the right output size and fewer
     parameters than the merged plain network; the clustered checkpoint keeps the merged plain's non-ghosted layers."""
-    from ghostsr_plugin.ghostify import main
-    from ghostsr_plugin.utils.network import load_network
+    from ghostsr_plugin.cli.ghostify import main
+    from ghostsr_plugin.archs.build import load_network
     SPAN = span_cls()
     torch.manual_seed(0)
     span = SPAN(**SPAN_ARGS).eval()
@@ -166,8 +166,8 @@ def test_train_up_front_check_merges_an_ecbsr_branch_checkpoint(tiny_data, tmp_p
     checkpoint of another width is one error naming the file."""
     from basicsr.archs import build_network
     from conftest import train_options
-    from ghostsr_plugin.utils.cli import UserInputError
-    from ghostsr_plugin.utils.options import check_checkpoints
+    from ghostsr_plugin.utils.errors import UserInputError
+    from ghostsr_plugin.pipeline.options import check_checkpoints
     plain = {'type': 'ECBSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_block': 2, 'num_channel': 8, 'with_idt': False,
              'act_type': 'prelu', 'scale': 2}
     torch.save({'params': build_network(plain).state_dict()}, tmp_path / 'ecbsr.pth')

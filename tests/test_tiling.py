@@ -13,7 +13,7 @@ import ghostsr_plugin  # noqa: F401  (registers the archs; BasicSR compat)
 from basicsr.archs.edsr_arch import EDSR
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.deploy.tiling import Upscaler, check_tiling, tile_boxes
-from ghostsr_plugin.utils.cli import UserInputError
+from ghostsr_plugin.utils.errors import UserInputError
 from tiny_options_helpers import TINY, smooth_image
 
 

@@ -1,4 +1,4 @@
-"""``python -m ghostsr_plugin.upscale`` end to end on tiny generated images with a tiny GhostEDSR: grey, RGBA,
+"""``ghostsr upscale`` end to end on tiny generated images with a tiny GhostEDSR: grey, RGBA,
 16-bit PNG and JPEG come back as grey, RGBA (alpha kept), 16-bit and JPEG at twice the size; a corrupt file and an
 unknown format are named and skipped while the rest is done (exit code 1); the tiled command writes what the
 untiled one writes; bad input (tiles, checkpoint missing or not fitting, option file without a network, output
@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from ghostsr_plugin import upscale
-from ghostsr_plugin.utils.cli import run_command
+from ghostsr_plugin.cli import upscale
+from ghostsr_plugin.utils.errors import run_command
 from tiny_options_helpers import smooth_image, tiny_option_file
 
 
 def run(argv, capsys):
-    code = run_command('ghostsr_plugin.upscale', upscale.main, [str(a) for a in argv])
+    code = run_command('ghostsr upscale', upscale.main, [str(a) for a in argv])
     return code, capsys.readouterr().err
 
 

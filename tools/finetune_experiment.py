@@ -5,7 +5,7 @@
     python tools/finetune_experiment.py --report [--results NAME]      # table + curve from the recorded runs
 
 A run is a named option file of ``RUNS`` (plus ``--set`` overrides such as ``ghost.freeze_offsets_at=0.8`` or
-``manual_seed=1``, recorded with the run). It trains through ``python -m ghostsr_plugin.train`` (its BasicSR log
+``manual_seed=1``, recorded with the run). It trains through ``ghostsr train`` (its BasicSR log
 is kept under ``experiments/<run>/``), then evaluates the last and the best-validation checkpoints on Set5, Set14
 (and ``--sets``), reads the validation curve (Set5 Y-PSNR against training minutes) from the log, and records the
 ending offsets. Every finished run is added to ``docs/results/<NAME>.json`` at once (atomically), and
@@ -112,7 +112,7 @@ def validation_curve(log_text, metric='psnr'):
 
 def trained_iter(checkpoint):
     """Iterations the network of ``checkpoint`` was trained for: its Gumbel schedule's counter, which GhostSRModel
-    advances once per training step (BasicSR's own count can stop short of ``total_iter``, see ghostsr_plugin.train)."""
+    advances once per training step (BasicSR's own count can stop short of ``total_iter``, see ghostsr_plugin.pipeline.training)."""
     from ghostsr_plugin.utils.checkpoint import load_checkpoint
     return int(load_checkpoint(checkpoint)['ghost_schedule.iteration'])
 
@@ -133,9 +133,10 @@ def evaluate_checkpoint(opt, path, data, sets):
     """Y-PSNR/SSIM of checkpoint ``path`` in the run's network, and its offsets (argmax W'). The EMA weights when
     the run kept them (``train.ema_decay`` > 0), as BasicSR's validation does; else the trained ones."""
     from basicsr.archs import build_network
-    from ghostsr_plugin.evaluate import evaluate, set_pairs
+    from ghostsr_plugin.data.benchmark import set_pairs
+    from ghostsr_plugin.measure.quality import evaluate
     from ghostsr_plugin.ops.ghost_conv import ghost_offsets
-    from ghostsr_plugin.utils.network import load_weights
+    from ghostsr_plugin.archs.build import load_weights
     net = load_weights(build_network(copy.deepcopy(opt['network_g'])), path, 'params_ema').eval()
     scores = {}
     for name in sets:
@@ -146,7 +147,7 @@ def evaluate_checkpoint(opt, path, data, sets):
 
 def train_and_record(run, args):
     """Train run ``run`` as experiment ``<--prefix><run>``, evaluate it and record it under that name."""
-    from ghostsr_plugin.utils.checkpoint import atomic_write_json
+    from ghostsr_plugin.utils.atomic import atomic_write_json
     base, overrides = RUNS[run]
     overrides = {**overrides, **dict(parse_set(s) for s in args.set)}
     name = args.prefix + run
@@ -159,7 +160,7 @@ def train_and_record(run, args):
     with open(opt_path, 'w') as file:
         yaml.safe_dump(opt, file, sort_keys=False)
     start = time.time()
-    proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', opt_path], cwd=ROOT)
+    proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin', 'train', '-opt', opt_path], cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f'{name}: training failed (exit {proc.returncode}); its log is under experiments/{name}/')
     minutes = (time.time() - start) / 60
@@ -199,7 +200,7 @@ def parse_set(text):
 def machine():
     """Where the run trained: the GPU when there is one (``num_gpu: auto``), else the CPU and its cores."""
     import torch
-    from ghostsr_plugin.measure.bench import device_name
+    from ghostsr_plugin.measure.speed import device_name
     cpu = f'{device_name(torch.device("cpu"))}, {os.cpu_count()} cores'
     return f'{torch.cuda.get_device_name(0)} (host: {cpu})' if torch.cuda.is_available() else cpu
 
@@ -208,10 +209,11 @@ def prepare_inputs(data, lr_patch):
     """The training pairs (cached under datasets/), the converted CARN_M the option files point at, and the meta-info
     file of the training images whose LR side fits ``lr_patch``, returned relative to the project root (e.g.
     ``datasets/T91_BSD200/meta_x2_lr48.txt``, the option file's)."""
-    from ghostsr_plugin.compress.convert import convert_carn
-    from ghostsr_plugin.demo import large_enough
-    from ghostsr_plugin.prepare_data import prepare
-    from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint
+    from ghostsr_plugin.compress.conversion import convert_carn
+    from ghostsr_plugin.pipeline.main_job import large_enough
+    from ghostsr_plugin.data.prepare import prepare
+    from ghostsr_plugin.utils.checkpoint import load_checkpoint
+    from ghostsr_plugin.utils.atomic import atomic_torch_save
     train = prepare([os.path.join(data, 'train', 'T91'), os.path.join(data, 'train', 'BSD200')],
                     os.path.join(ROOT, 'datasets', 'T91_BSD200'), 'T91_BSD200', scales=(SCALE, ), workers=2)
     meta = os.path.join('datasets', 'T91_BSD200', f'meta_x{SCALE}_lr{lr_patch}.txt')
@@ -232,7 +234,7 @@ def lever(name, record):
 
 def write_report(results, name):
     """docs/results/<name>.md (table of every recorded run) and <name>.png (Set5 validation curves)."""
-    from ghostsr_plugin.utils.checkpoint import atomic_write
+    from ghostsr_plugin.utils.atomic import atomic_write
     runs = results['runs']
     sets = sorted({s for r in runs.values() for s in r.get('last', {})}, key=['Set5', 'Set14', 'B100'].index)
     lines = ['| run | lever (--set) | iters | train min | ' + ' | '.join(f'{s} last / best' for s in sets) +

@@ -9,14 +9,14 @@ Reports Y-PSNR/SSIM on Set5, Set14 and B100 (crop_border = 2) of
   (iii) (ii) fine-tuned on T91 + BSD200 with learnable shifts   options/ghostinit_GhostCARN_M_x2_finetune.yml
   (iv)  GhostCARN_M trained from scratch, same budget           options/ghostinit_GhostCARN_M_x2_scratch.yml
   (v)   (iii) with "copy" ghosts instead of shifts              options/ghostinit_GhostCARN_M_x2_copy.yml
-Each training run goes through ``python -m ghostsr_plugin.train`` (BasicSR's pipeline); the option files hold the
+Each training run goes through ``ghostsr train`` (BasicSR's pipeline); the option files hold the
 budget (600 iterations: ~55 minutes on this project's 2-core CPU machines). ``--iters N`` (and ``--workers W`` data
 loader processes) runs the same recipe with another budget, e.g. on a GPU: the option files are then copied to
 ``experiments/ghost_init_options/`` with ``total_iter``, the cosine period, the Gumbel epoch and the validation /
 checkpoint / print frequencies scaled to N. Writes ``docs/results/ghost_init_x2.{json,md}`` (``--results NAME``: other
 names) with the budget and device used.
 
-Training and evaluation can run on different machines (tools/gpu_check.sh trains on a lent GPU): ``--train-only``
+Training and evaluation can run on different machines (tools/gpu_check.sh trains on a GPU machine): ``--train-only``
 trains and writes ``experiments/ghost_init_train.json`` (minutes per run, budget, device); ``--checkpoints DIR``
 evaluates ``DIR/<run>.pth`` with the times of ``DIR/ghost_init_train.json`` instead of training.
 """
@@ -35,13 +35,14 @@ sys.path.insert(0, ROOT)
 
 import ghostsr_plugin  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
-from ghostsr_plugin.compress.cluster import cluster_init  # noqa: E402
-from ghostsr_plugin.utils.checkpoint import atomic_write_json  # noqa: E402
-from ghostsr_plugin.compress.convert import convert_carn  # noqa: E402
-from ghostsr_plugin.measure.bench import device_name  # noqa: E402
-from ghostsr_plugin.demo import LR_PATCH, bicubic_scores, ghost_network, large_enough, net_scores  # noqa: E402
-from ghostsr_plugin.prepare_data import prepare  # noqa: E402
-from ghostsr_plugin.utils.checkpoint import atomic_torch_save, load_checkpoint  # noqa: E402
+from ghostsr_plugin.compress.clustering import cluster_init  # noqa: E402
+from ghostsr_plugin.utils.atomic import atomic_write_json  # noqa: E402
+from ghostsr_plugin.compress.conversion import convert_carn  # noqa: E402
+from ghostsr_plugin.measure.speed import device_name  # noqa: E402
+from ghostsr_plugin.pipeline.main_job import LR_PATCH, bicubic_scores, ghost_network, large_enough, net_scores  # noqa: E402
+from ghostsr_plugin.data.prepare import prepare  # noqa: E402
+from ghostsr_plugin.utils.checkpoint import load_checkpoint
+from ghostsr_plugin.utils.atomic import atomic_torch_save  # noqa: E402
 
 SCALE = 2
 SETS = ('Set5', 'Set14', 'B100')
@@ -119,7 +120,7 @@ def main():
         for label, name in RUNS.items():
             opt_path, budget = budgeted_options(name, args.iters, args.workers)
             start = time.time()
-            proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin.train', '-opt', opt_path])
+            proc = subprocess.run([sys.executable, '-m', 'ghostsr_plugin', 'train', '-opt', opt_path])
             if proc.returncode != 0:
                 sys.exit(f'{name}: training failed (exit {proc.returncode})')
             minutes[label] = round((time.time() - start) / 60, 1)

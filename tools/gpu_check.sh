@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3 and 4, run ON a lent H100/H200 (the device tool), from the repo root:
+# The GPU checks, run ON a machine with an NVIDIA H100/H200 (its own Python, torch and nvcc; no internet), from a
+# copy of the project that includes the git-ignored .gpu/ folder:
 #
-#   here, once:   python tools/gpu_pack.py                 (fills .gpu/: wheels + data subset, git-ignored)
-#   device run:   bash tools/gpu_check.sh kernels          carry [".gpu"], timeout_s ~420
-#                 bash tools/gpu_check.sh experiment [N]   carry [".gpu"], timeout_s ~560 (N iterations per run)
-#                 bash tools/gpu_check.sh finetune [N] [RUN...]  carry [".gpu"], timeout_s ~560
-#   here, after:  python tools/ghost_init_experiment.py --checkpoints <files_at> --results ghost_init_x2_gpu
-#                 (finetune: the records come back in <files_at>/finetune_x2_gpu.*; Set14 of each checkpoint here:
-#                 python -m ghostsr_plugin.evaluate -opt <files_at>/gpu_<run>.yml --ckpt <files_at>/gpu_<run>.pth --set Set14)
+#   before, on a machine with the data:  python tools/gpu_pack.py       (fills .gpu/: wheels + data subset)
+#   on the GPU machine:  bash tools/gpu_check.sh kernels                (about 7 minutes)
+#                        bash tools/gpu_check.sh experiment [N]         (about 9 minutes; N iterations per run)
+#                        bash tools/gpu_check.sh finetune [N] [RUN...]  (about 9 minutes)
+#   after, with $OUT copied back:  python tools/ghost_init_experiment.py --checkpoints <OUT> --results ghost_init_x2_gpu
+#                 (finetune: the records are in <OUT>/finetune_x2_gpu.*; Set14 of each checkpoint:
+#                 ghostsr evaluate -opt <OUT>/gpu_<run>.yml --ckpt <OUT>/gpu_<run>.pth --set Set14)
 #
 # kernels:    builds the CPU + CUDA extension for the device's torch (sm_90), runs the kernel tests (the CUDA ones
-#             included: they must not be skipped there) and `python -m ghostsr_plugin.bench speed --device cuda`,
+#             included: they must not be skipped there) and `ghostsr bench speed --device cuda`,
 #             eager modes first, then the torch.compile ones (each with its own time limit).
-# experiment: the issue-3 fine-tunes of tools/ghost_init_experiment.py with N iterations per run (default 2000) and
+# experiment: the §3.2 fine-tunes of tools/ghost_init_experiment.py with N iterations per run (default 2000) and
 #             8 data loader processes, training only; the three checkpoints and their times come back in $OUT.
-# finetune:   issue 12's Table 3 runs of tools/finetune_experiment.py (default: learnable_s0 copy_s0 learnable_s1
+# finetune:   the Table 3 runs of tools/finetune_experiment.py (default: learnable_s0 copy_s0 learnable_s1
 #             copy_s1) from the same option file, unchanged but for --iters N (default 2000) and 8 loader processes,
 #             as experiments gpu_<run>, evaluated on Set5 (the packed set); records, option files and checkpoints
 #             come back in $OUT.
-# Everything printed is also written to $OUT (the device tool brings it back). Each step has its own time limit
+# Everything printed is also written to $OUT (copy it back). Each step has its own time limit
 # so that one slow step cannot use the whole call. A dry run on a machine without a GPU (the training then runs on its
 # CPU): PYTHON=.venv/bin/python GHOSTSR_CUDA=0 OUT=/tmp/out bash tools/gpu_check.sh experiment 2
 set -uo pipefail
@@ -34,7 +35,7 @@ case "$PHASE" in
   *) echo "usage: bash tools/gpu_check.sh kernels | experiment [ITERS] | finetune [ITERS] [RUN...]  (got '$PHASE')"
      exit 2 ;;
 esac
-[ -d .gpu ] || { echo ".gpu/ is missing: run python tools/gpu_pack.py here and name .gpu in the run's carry"; exit 2; }
+[ -d .gpu ] || { echo ".gpu/ is missing: run python tools/gpu_pack.py where the data is and copy .gpu/ with the project"; exit 2; }
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, report its time and status
   local name="$1" limit="$2" start=$SECONDS rc
@@ -73,9 +74,9 @@ if torch.cuda.is_available() and backend.backend_name("cuda") != "cuda":
 if [ "$PHASE" = kernels ]; then
   step "kernel tests" 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_backend.py tests/test_shift.py \
     tests/test_ghost_conv.py
-  step "bench speed (cuda), eager" 180 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --compile skip \
+  step "bench speed (cuda), eager" 180 "$PYTHON" -m ghostsr_plugin bench speed --device cuda --compile skip \
     --json "$OUT/bench_cuda_eager.json"
-  step "bench speed (cuda), torch.compile" 300 "$PYTHON" -m ghostsr_plugin.bench speed --device cuda --compile only \
+  step "bench speed (cuda), torch.compile" 300 "$PYTHON" -m ghostsr_plugin bench speed --device cuda --compile only \
     --json "$OUT/bench_cuda_compiled.json"
   exit 0
 fi

@@ -1,9 +1,9 @@
-"""Pack what tools/gpu_check.sh needs on a lent GPU machine into ``.gpu/`` (git-ignored), here, before the run.
+"""Pack what tools/gpu_check.sh needs on a GPU machine into ``.gpu/`` (git-ignored), where the data is, before the run.
 
     python tools/gpu_pack.py [--data ../shared/data]
 
-The device machine (see the device tool's README) has its own Python 3.12 / torch / nvcc but no basicsr or lmdb, no
-internet and no ``../shared``; what travels with the working tree is capped (64 MiB). So ``.gpu/`` holds
+The GPU machine the checks were prepared for has its own Python 3.12 / torch / nvcc but no basicsr or lmdb, no
+internet and no ``../shared``, and takes at most 64 MiB with the project. So ``.gpu/`` holds
   * ``whl/``: basicsr 1.4.2 (pure Python; built here from PyPI's sdist) and lmdb as cp312 manylinux wheels;
   * ``data/``: the subset of ``../shared/data`` the checks read, in its layout: the training images
     (``train/T91``, ``train/BSD200``) re-encoded as lossless WebP (every image is decoded again and compared with
@@ -80,7 +80,7 @@ def main():
     size = folder_mib(out)
     if size > LIMIT_MIB:
         sys.exit(f'.gpu/ is {size:.1f} MiB, over {LIMIT_MIB} MiB: it would not travel with the working tree')
-    print(f'.gpu/ ready ({size:.1f} MiB): run tools/gpu_check.sh on the device with carry [".gpu"]')
+    print(f'.gpu/ ready ({size:.1f} MiB): copy the project with .gpu/ to the GPU machine and run tools/gpu_check.sh there')
 
 
 if __name__ == '__main__':

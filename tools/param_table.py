@@ -13,7 +13,7 @@ in brackets, merged into the deploy form that ghostify ghosts; their plain GMACs
 """
 import ghostsr_plugin  # noqa: F401  (before basicsr: registers the archs, torchvision compat)
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.measure.report import PAPER_TABLE1  # noqa: E402
+from ghostsr_plugin.measure.comparison import PAPER_TABLE1  # noqa: E402
 
 SCALES = (2, 3, 4)
 # (row label, paper model, plain arch, ghost arch, arguments; ``scale`` is filled in)
@@ -81,7 +81,7 @@ def basicsr_table(size=512):
     import warnings
     import torch
     from basicsr.archs import build_network
-    from ghostsr_plugin.compress.ghostify import ghostify
+    from ghostsr_plugin.compress.ghostifier import ghostify
     from ghostsr_plugin.compress.reparam import merge_reparameterized
     from ghostsr_plugin.measure.complexity import count_macs, count_params
     warnings.simplefilter('ignore')
@@ -112,7 +112,7 @@ def spandrel_table():
     import warnings
     import torch
     from spandrel import MAIN_REGISTRY
-    from ghostsr_plugin.compress.ghostify import ghostify
+    from ghostsr_plugin.compress.ghostifier import ghostify
     from ghostsr_plugin.compress.reparam import merge_reparameterized
     from ghostsr_plugin.measure.complexity import count_params
     warnings.simplefilter('ignore')

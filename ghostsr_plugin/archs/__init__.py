@@ -1,4 +1,6 @@
-"""Architectures registered into BasicSR's ARCH_REGISTRY (one network family per ``*_arch.py``)."""
+"""The networks: architectures registered into BasicSR's ARCH_REGISTRY (one network family per ``*_arch.py``; the
+Ghost archs are ``ghostify`` registrations over their plain twins), the plain-twin rule and the distill teacher's
+options (:mod:`.twins`), and building a network from an option file with its checkpoint (:mod:`.build`)."""
 import importlib
 from os import path as osp
 

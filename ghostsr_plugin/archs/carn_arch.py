@@ -5,7 +5,7 @@ from torch import nn as nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.compress.ghostify import ghost_arch
+from ghostsr_plugin.compress.ghostifier import ghost_arch
 
 CARN_SCALES = (2, 3, 4)
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)

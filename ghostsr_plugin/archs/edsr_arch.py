@@ -1,6 +1,6 @@
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.compress.ghostify import ghost_arch
+from ghostsr_plugin.compress.ghostifier import ghost_arch
 from ghostsr_plugin.ops.ghost_conv import GhostConv2d
 
 

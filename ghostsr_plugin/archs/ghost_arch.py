@@ -11,19 +11,19 @@ An option file becomes a Ghost one by wrapping its network (checkpoints of the p
 
 A network with re-parameterised blocks (SPAN's Conv3XC, ECBSR's ECB) is ghostified in its deploy form (each block
 one 3×3 conv, :mod:`ghostsr_plugin.compress.reparam`); its checkpoints, which hold the branches, are merged the same
-way before clustering (:func:`ghostsr_plugin.compress.cluster.plain_state_for`), and the ``distill:`` teacher is the
+way before clustering (:func:`ghostsr_plugin.compress.clustering.plain_state_for`), and the ``distill:`` teacher is the
 original network. Limitation: such a Ghost network trains the merged 3×3 convs directly, without the branches.
 """
 import copy
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.compress.ghostify import GHOST_ARGS, GHOST_ARGS_DOC, ghostify
+from ghostsr_plugin.compress.ghostifier import GHOST_ARGS, GHOST_ARGS_DOC, ghostify
 
 
 @ARCH_REGISTRY.register()
 def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, reparameterize=True, **ghost_args):
     """Build ``network`` (BasicSR options of the plain network) and return its Ghost version
-    (:func:`ghostsr_plugin.compress.ghostify.ghostify`): the plain network's class and state-dict names, plus the
+    (:func:`ghostsr_plugin.compress.ghostifier.ghostify`): the plain network's class and state-dict names, plus the
     ghost layers' channel maps / shift logits and ``ghost_schedule``.
 
     Args:
@@ -55,6 +55,6 @@ Ghost.__doc__ = Ghost.__doc__.replace('{ghost_args}', GHOST_ARGS_DOC)
 @ARCH_REGISTRY.register()
 def SpandrelNet(arch, model=None, hyperparameters=None):
     """A network of spandrel (optional dependency) rebuilt from its architecture id, class name and stored
-    hyperparameters, as ``python -m ghostsr_plugin.ghostify --model file.pth`` writes them."""
+    hyperparameters, as ``ghostsr ghostify --model file.pth`` writes them."""
     from ghostsr_plugin.compress.spandrel_io import build_spandrel_net
     return build_spandrel_net(arch, model, hyperparameters)

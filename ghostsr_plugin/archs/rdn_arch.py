@@ -2,7 +2,7 @@ import torch
 from torch import nn as nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.compress.ghostify import ghost_arch
+from ghostsr_plugin.compress.ghostifier import ghost_arch
 
 RDN_SCALES = (2, 3, 4)
 

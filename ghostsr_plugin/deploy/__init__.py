@@ -1,1 +1,2 @@
-"""What deploys a model: tiled inference on large images, export to ONNX and torch.export."""
+"""What deploys a model: tiled inference on users' images (:mod:`.tiling`), export to ONNX and torch.export
+(:mod:`.exporters`)."""

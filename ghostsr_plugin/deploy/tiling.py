@@ -18,16 +18,18 @@ bounded by one padded tile.
 :func:`upscale_files` runs an Upscaler over a list of files and writes the outputs atomically.
 """
 import os
+import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ghostsr_plugin.deploy.images import output_extension, read_image, write_image
+from ghostsr_plugin.utils.images import list_inputs, output_extension, read_image, write_image
 from ghostsr_plugin.measure.complexity import forward_kwargs
-from ghostsr_plugin.utils.cli import UserInputError
+from ghostsr_plugin.utils.errors import UserInputError
 
-__all__ = ['ALPHA_UPSAMPLERS', 'Upscaler', 'check_tiling', 'resolve_device', 'tile_boxes', 'upscale_files']
+__all__ = ['ALPHA_UPSAMPLERS', 'Upscaler', 'check_tiling', 'resolve_device', 'tile_boxes', 'upscale_files',
+           'upscale_folder']
 
 ALPHA_UPSAMPLERS = ('network', 'bicubic')
 
@@ -97,8 +99,8 @@ class Upscaler:
     def from_options(cls, opt_path, ckpt=None, param_key=None, network_key='network_g', **kwargs):
         """Build the network of a BasicSR option file and load ``ckpt`` (default: the file's
         ``path.pretrain_network_g``, with its ``param_key_g``); the scale is the file's ``scale``."""
-        from ghostsr_plugin.utils.network import load_network
-        from ghostsr_plugin.utils.options import load_options
+        from ghostsr_plugin.archs.build import load_network
+        from ghostsr_plugin.utils.option_file import load_options
         opt = load_options(opt_path)
         path_opt = opt.get('path') or {}
         if ckpt is None:
@@ -195,3 +197,29 @@ def upscale_files(upscaler, files, out_dir, ext='auto', suffix='', progress=True
         notes += [n for n in (note, write_image(out_path, upscaler.enhance(img))) if n]
         written.append(out_path)
     return written, notes, skipped
+
+
+def upscale_folder(input_path, output, opt, ckpt=None, param_key=None, network_key='network_g', device='auto', tile=0,
+                   tile_pad=10, half=False, alpha_upsampler='network', ext='auto', suffix=None, log=print,
+                   warn=None):
+    """The ``upscale`` command: every image of ``input_path`` (a file or a folder) upscaled by the network of option
+    file ``opt`` into the folder ``output``; an image that fails is skipped and named, the others are done. Progress
+    and the summary go to ``log``, notes and skipped files to ``warn`` (default: stderr). Returns (written paths,
+    skipped (path, reason) pairs)."""
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    check_tiling(tile, tile_pad)  # before the network is built
+    files = list_inputs(input_path)
+    upscaler = Upscaler.from_options(opt, ckpt, param_key, network_key, device=device,
+                                     tile=tile, tile_pad=tile_pad, half=half,
+                                     alpha_upsampler=alpha_upsampler, progress=True)
+    suffix = f'x{upscaler.scale}' if suffix is None else suffix
+    log(f'upscale: {len(files)} file(s), x{upscaler.scale} on {upscaler.device}'
+        f'{", float16" if half else ""}{f", tiles {tile} + pad {tile_pad}" if tile else ""}')
+    written, notes, skipped = upscale_files(upscaler, files, output, ext, suffix)
+    for note in notes:
+        warn(f'upscale: note: {note}')
+    for path, reason in skipped:
+        warn(f'upscale: skipped: {reason}' if path in reason else f'upscale: skipped {path}: {reason}')
+    log(f'upscale: {len(written)} written to {output}, {len(skipped)} skipped')
+    return written, skipped
+

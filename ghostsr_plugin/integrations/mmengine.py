@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 import ghostsr_plugin  # noqa: F401  (registers the archs into BasicSR)
 from basicsr.utils.registry import ARCH_REGISTRY
-from ghostsr_plugin.ops.ghost_conv import GhostSchedule, ghost_offsets
+from ghostsr_plugin.ops.ghost_conv import ghost_offsets
+from ghostsr_plugin.ops.schedule import GhostSchedule
 
 __all__ = [
     'SCOPE', 'REGISTRIES', 'MODELS', 'HOOKS', 'DATASETS', 'plugin_archs', 'register_archs', 'GhostSRMMModel', 'GhostScheduleHook',

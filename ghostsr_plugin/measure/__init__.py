@@ -1,1 +1,2 @@
-"""What measures a model: parameter and multiply-add counts, speed benchmarks, the Table-1 report."""
+"""What measures a model: parameter and multiply-add counts (:mod:`.complexity`), speed benchmarks (:mod:`.speed`,
+:mod:`.ghostify_speed`), benchmark-set PSNR/SSIM (:mod:`.quality`) and the Table-1 report (:mod:`.comparison`)."""

@@ -11,10 +11,14 @@ from basicsr.data import build_dataset
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from ghostsr_plugin.archs.build import build_unloaded
+from ghostsr_plugin.archs.twins import teacher_options
 from ghostsr_plugin.ops.ghost_conv import ghost_layers, ghost_offsets
 from ghostsr_plugin.ops.shift import centre_offset
-from ghostsr_plugin.utils.checkpoint import atomic_torch_save, check_state_dict_fits, load_checkpoint
+from ghostsr_plugin.utils.checkpoint import check_state_dict_fits, load_checkpoint
+from ghostsr_plugin.utils.atomic import atomic_torch_save
+from ghostsr_plugin.utils.errors import UserInputError
 
 GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets', 'shift_lr_mult', 'freeze_offsets_at')
 GHOST_INIT_KEYS = ('pretrain_path', 'param_key', 'seed', 'n_init', 'init_offset', 'offset_margin')
@@ -37,7 +41,7 @@ class GhostSRModel(SRModel):
     * ``ghost_init:`` (pretrain_path, param_key, seed, init_offset) clusters a pre-trained plain model into the
       Ghost network before training (§3.2, Alg. 1 lines 1-3); skipped on resume. The checkpoint of a network with
       re-parameterised blocks (SPAN, ECBSR) is merged into its deploy form first, as ``type: Ghost`` merged the
-      network (:func:`ghostsr_plugin.compress.cluster.plain_state_for`); the ``distill:`` teacher stays the original
+      network (:func:`ghostsr_plugin.compress.clustering.plain_state_for`); the ``distill:`` teacher stays the original
       network (eval mode, which merges the branches itself).
     * ``ghost: shift_lr_mult``: learning-rate multiplier of the shift logits W' (own optimizer group; default 1).
     * ``ghost: freeze_offsets_at``: an iteration (int >= 1) or a fraction of ``total_iter`` (float in (0, 1)) from
@@ -100,11 +104,10 @@ class GhostSRModel(SRModel):
 
     def _build_teacher(self):
         """The frozen plain teacher of ``distill:`` (eval mode, no gradients, never saved)."""
-        from ghostsr_plugin.compress.cluster import plain_twin_options
         opt = self.distill_opt
         weight = opt.get('loss_weight', 1.0)
         path = opt.get('teacher_path') or self.ghost_init_opt.get('pretrain_path')
-        network_opt = opt.get('network') or plain_twin_options(self.opt['network_g'])
+        network_opt = teacher_options(self.opt)
         teacher = build_network(dict(network_opt))
         param_key = opt.get('param_key', self.ghost_init_opt.get('param_key', 'params'))
         state_dict = load_checkpoint(path, param_key)
@@ -117,8 +120,8 @@ class GhostSRModel(SRModel):
     def _ghost_init(self, bare):
         """§3.2 / Alg. 1 lines 1-3: cluster the pre-trained plain model into this Ghost network (every rank the same
         way: same seed), and write the per-layer report to ``<experiment>/ghost_init.json``."""
-        from ghostsr_plugin.compress.cluster import cluster_init, plain_state_for, report_summary
-        from ghostsr_plugin.utils.checkpoint import atomic_write_json
+        from ghostsr_plugin.compress.clustering import cluster_init, plain_state_for, report_summary
+        from ghostsr_plugin.utils.atomic import atomic_write_json
         init = self.ghost_init_opt
         plain = load_checkpoint(init['pretrain_path'], init.get('param_key', 'params'))
         plain = plain_state_for(self.opt['network_g'], plain, init['pretrain_path'])  # SPAN / ECBSR: merged first
@@ -261,7 +264,7 @@ class GhostSRModel(SRModel):
 
     @master_only
     def _save_best(self):
-        from ghostsr_plugin.utils.checkpoint import atomic_write_json
+        from ghostsr_plugin.utils.atomic import atomic_write_json
         models = self.opt['path']['models']
         if getattr(self, 'net_g_ema', None) is not None:
             self.save_network([self.net_g, self.net_g_ema], 'net_g', 'best', param_key=['params', 'params_ema'])
@@ -305,7 +308,7 @@ class GhostSRModel(SRModel):
 def check_options(opt):
     """GhostSRModel's option blocks, checked (allowed keys, values, what ``ghost_init`` / ``distill`` need) and
     returned as ``(ghost, ghost_init, distill)``; a ValueError names the bad option. The model calls it, and so do
-    the entry points' up-front checks (``ghostsr_plugin.utils.options``) before BasicSR makes any folder."""
+    the entry points' up-front checks (``ghostsr_plugin.pipeline.options``) before BasicSR makes any folder."""
     ghost = _checked_block(opt, 'ghost', GHOST_OPTION_KEYS)
     ghost_init = _checked_block(opt, 'ghost_init', GHOST_INIT_KEYS)
     distill = _checked_block(opt, 'distill', DISTILL_KEYS)
@@ -371,3 +374,17 @@ def _checked_block(opt, name, allowed):
     if unknown:
         raise ValueError(f'{name}: unknown option(s) {", ".join(unknown)}; allowed: {", ".join(allowed)}')
     return dict(block)
+
+
+def check_model_options(opt):
+    """The option blocks of GhostSRModel (and models derived from it): allowed keys and values, what
+    ``ghost_init`` / ``distill`` need, the distillation teacher's network. Returns the teacher (unloaded) or None."""
+    if not issubclass(MODEL_REGISTRY.get(opt['model_type']), GhostSRModel):
+        return None
+    _, _, distill = check_options(opt)
+    if not distill:
+        return None
+    network = teacher_options(opt)
+    if network.get('type') not in ARCH_REGISTRY:
+        raise UserInputError(f'distill: network type {network.get("type")!r} is not a registered architecture')
+    return build_unloaded(network, 'distill: network')

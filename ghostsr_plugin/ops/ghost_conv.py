@@ -1,23 +1,19 @@
-"""The ghost module of GhostSR (Nie et al., §3.1) and the per-network Gumbel driver.
+"""The ghost module of GhostSR (Nie et al., §3.1).
 
 ``GhostConv2d`` is a drop-in for a k×k ``nn.Conv2d(in, out)``: a real convolution makes the (1-λ)·c_o
 intrinsic features, the λ·c_o ghost features are intrinsic ones moved by one offset per layer. It subclasses
 ``nn.Conv2d`` so its parameters keep the plain layer's state-dict names (``weight``, ``bias``) with fewer output
 filters; it adds ``shift_logits`` (W' of Eq. 3-4, learnable mode) and the channel map buffer ``ghost_index``.
 
-``GhostSchedule`` lives in each Ghost network as ``net.ghost_schedule``: at the start of every forward it picks
-the offset of all the network's learnable ghost layers in one go (one host sync per forward), from the Gumbel
-schedule of :mod:`ghostsr_plugin.ops.gumbel` when training, or argmax W' in ``eval()``.
+Each Ghost network picks the offsets of all its learnable ghost layers once per forward through its
+``ghost_schedule`` (:mod:`ghostsr_plugin.ops.schedule`); a layer reads its planned offset in ``forward``.
 """
-import warnings
-
 import torch
 from torch import nn
 
-from ghostsr_plugin.ops.gumbel import gumbel_schedule, hard_offsets, sample_offsets
 from ghostsr_plugin.ops.shift import centre_offset, ghost_shift, shift_to_offset, window_size
 
-__all__ = ['SHIFT_MODES', 'GhostConv2d', 'GhostOptions', 'GhostSchedule', 'ghost_layers', 'ghost_offsets', 'check_ghost_options']
+__all__ = ['SHIFT_MODES', 'GhostConv2d', 'GhostOptions', 'ghost_layers', 'ghost_offsets', 'check_ghost_options']
 
 SHIFT_MODES = ('learnable', 'fixed', 'copy')
 
@@ -172,58 +168,6 @@ def ghost_offsets(net):
     return result
 
 
-class GhostSchedule(nn.Module):
-    """Per-network driver of the Gumbel schedule (Eq. 3-5).
-
-    GhostSRModel sets the iteration before each training step (:meth:`set_iteration`). Without it (e.g. BasicSR's
-    plain ``SRModel``) the schedule advances by itself, one iteration per training forward, with
-    ``iters_per_epoch`` from the network options, and warns once that GhostSRModel derives it from the data.
-    The persistent buffer ``iteration`` keeps the position across checkpoints.
-    """
-
-    def __init__(self, a=0.97, tau=1.0, iters_per_epoch=1000, seed=0):
-        super().__init__()
-        if not 0 < a <= 1:
-            raise ValueError(f'network_g: gumbel_a (noise decay a of Eq. 3) must be in (0, 1], got {a!r}')
-        if not tau > 0:
-            raise ValueError(f'network_g: gumbel_tau (temperature τ of Eq. 4) must be > 0, got {tau!r}')
-        self.a, self.tau, self.iters_per_epoch, self.seed = a, tau, int(iters_per_epoch), int(seed)
-        self.register_buffer('iteration', torch.zeros((), dtype=torch.long))
-        self.driven = False  # True once a GhostSRModel sets the iteration
-        self._warned = False
-
-    def set_iteration(self, current_iter, iters_per_epoch=None):
-        self.driven = True
-        self.iteration.fill_(current_iter)
-        if iters_per_epoch is not None:
-            self.iters_per_epoch = int(iters_per_epoch)
-
-    def state(self):
-        return gumbel_schedule(int(self.iteration), self.iters_per_epoch, self.a, self.tau, self.seed)
-
-    def plan(self, net, training):
-        """Choose the offsets of all learnable ghost layers of ``net`` for this forward."""
-        layers = [m for m in ghost_layers(net) if m.shift_logits is not None and m.fixed_offset is None]
-        if not layers:
-            return
-        logits = torch.stack([m.shift_logits for m in layers])
-        if training:
-            if not self.driven:
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn('GhostSR: this Ghost network is trained without GhostSRModel; its Gumbel schedule '
-                                  f'advances one iteration per training forward with iters_per_epoch='
-                                  f'{self.iters_per_epoch} (network option). Use model_type: GhostSRModel to derive '
-                                  'it from the dataset, log τ/noise/offsets and keep DDP ranks in step.')
-                self.iteration += 1
-            offsets, probs = sample_offsets(logits, self.state())
-            for layer, offset, prob in zip(layers, offsets, probs):
-                layer._plan = (offset, prob)
-        else:
-            for layer, offset in zip(layers, hard_offsets(logits.detach())):
-                layer._plan = (offset, None)
-
-
 class GhostOptions:
     """The ghost settings a Ghost network passes to each of its ghost layers (validated once)."""
 
@@ -246,8 +190,3 @@ class GhostOptions:
             offset=self.offset,
             name=name,
             relu=relu)
-
-    def conv_relu(self, in_channels, out_channels, kernel_size=3, groups=1, name=''):
-        """``[conv, ReLU]`` for a ``nn.Sequential``, the ReLU fused into the ghost op (an ``nn.Identity`` keeps its
-        place, so state-dict names stay those of the plain twin's ``Sequential(conv, ReLU)``)."""
-        return [self.conv(in_channels, out_channels, kernel_size, groups, name=name, relu=True), nn.Identity()]

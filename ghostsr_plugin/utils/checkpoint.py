@@ -1,8 +1,5 @@
-"""Reading and writing checkpoints safely.
+"""Reading checkpoints safely.
 
-* :func:`atomic_write`: a temporary file beside the target, then a rename; nothing half-written stays on failure,
-  the file gets the mode the user's umask gives a normal file, and a full disk says "no space left on <folder>".
-* :func:`remove_temporaries`: what a killed save left behind (only this module's own temporary names).
 * :func:`torch_load`: ``torch.load(weights_only=True)`` with one clear line per failure naming the file: refused
   content (a pickle that would import a function, e.g. ``os.system``: nothing in it runs), truncated or damaged
   files, files that are no PyTorch checkpoint. PyTorch's advice to retry with the weights-only check switched off
@@ -10,22 +7,14 @@
 * :func:`load_checkpoint`, :func:`check_state_dict_fits`: a network's state dict, and the first key or shape that
   does not fit.
 """
-import errno
-import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 
 import torch
 
-__all__ = ['atomic_write_json', 'CheckpointError', 'NoSpaceLeftError', 'atomic_write', 'atomic_torch_save', 'default_file_mode',
-           'remove_temporaries', 'torch_load', 'load_checkpoint', 'check_state_dict_fits']
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# mkstemp(prefix='.<name>.', suffix='.tmp'): 8 random characters from [a-z0-9_]
-TEMPORARY_NAME = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
+__all__ = ['CheckpointError', 'torch_load', 'load_checkpoint', 'check_state_dict_fits']
 
 
 class CheckpointError(ValueError):
@@ -35,85 +24,6 @@ class CheckpointError(ValueError):
     def __init__(self, message, damaged):
         super().__init__(message)
         self.damaged = damaged
-
-
-class NoSpaceLeftError(OSError):
-    """ENOSPC / EDQUOT while writing: the message names the folder; the target file was left as it was."""
-
-    def __str__(self):
-        return self.strerror
-
-
-def default_file_mode():
-    """The mode ``open(path, 'w')`` gives a new file: ``0o666`` less the process umask."""
-    try:
-        with open('/proc/self/status') as status:
-            umask = next(int(line.split()[1], 8) for line in status if line.startswith('Umask:'))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0o022)  # no /proc: read it by setting it, and put it back at once
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _no_space(err):
-    """True when ``err`` or an exception it was raised from is a full disk / quota (torch.save wraps it in a
-    RuntimeError from its zip writer)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def atomic_write(path, write, mode='wb'):
-    """Call ``write(file)`` on a temporary file in the same folder, then rename it to ``path``: a killed run never
-    leaves half a file, and an earlier file at ``path`` stays intact until the new one is complete. The file gets
-    :func:`default_file_mode` (mkstemp's 0600 would hide results from other users). A full disk raises
-    :class:`NoSpaceLeftError` naming the folder; the temporary file is removed on any failure."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        os.fchmod(handle, default_file_mode())
-        with os.fdopen(handle, mode) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if _no_space(err):
-            raise NoSpaceLeftError(errno.ENOSPC, f'no space left on {folder} while writing '
-                                   f'{os.path.basename(path)}; it was not written, the files already there are '
-                                   'intact') from err
-        raise
-
-
-def atomic_write_json(obj, path):
-    """Write ``obj`` as indented JSON, atomically (temporary file beside ``path``, then rename)."""
-    atomic_write(path, lambda file: file.write(json.dumps(obj, indent=1) + '\n'), mode='w')
-
-
-def atomic_torch_save(obj, path):
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda file: torch.save(obj, file))
-
-
-def remove_temporaries(folder):
-    """Remove the temporary files a killed :func:`atomic_write` left in ``folder`` (names ``.<name>.XXXXXXXX.tmp``
-    only; nothing else is touched). Returns the removed paths."""
-    if not os.path.isdir(folder):
-        return []
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if TEMPORARY_NAME.match(name) and os.path.isfile(path) and not os.path.islink(path):
-            os.remove(path)
-            removed.append(path)
-    return removed
 
 
 def _refused_global(message):

@@ -1,22 +1,37 @@
-"""Reading benchmark images the way BasicSR does, with errors and notes that name the image.
+"""Images: the one reader and writer of the package and its one list of image extensions.
 
-BasicSR decodes with ``cv2.IMREAD_COLOR``: grey, RGBA and 16-bit images silently become 8-bit
-3-channel (alpha dropped, 16 bits cut to the high 8). :func:`inspect_image` says which of these an image is, so a
-set can say so once (:func:`conversion_note`); :func:`check_pairs` refuses LR/HR pairs whose sizes do not fit the
-scale after BasicSR's modcrop (the HR is cut to LR x scale), where BasicSR would report a wrong PSNR or fail with
-an assertion naming no image.
+* :func:`read_image` decodes a file as OpenCV does, unchanged (grey, BGR or BGRA; 8 or 16 bits a sample: the
+  images a user upscales), or with ``bgr8=True`` as BasicSR's ``imfrombytes`` reads benchmark and training images
+  (``cv2.IMREAD_COLOR``: uint8 BGR, 3 channels; grey, RGBA and 16-bit images silently become 8-bit RGB, alpha
+  dropped, 16 bits cut to the high 8). Every error names the file: missing, empty, unknown extension, undecodable,
+  unsupported sample type or channel count.
+* :func:`inspect_image` says which of those conversions an image undergoes, so a set can say so once
+  (:func:`conversion_note`); :func:`check_pairs` refuses LR/HR pairs whose sizes do not fit the scale after
+  BasicSR's modcrop (the HR is cut to LR x scale), where BasicSR would report a wrong PSNR or fail with an assertion
+  naming no image.
+* :func:`write_image` encodes by the output's extension and writes atomically; :func:`output_extension` picks an
+  upscaled image's format.
 """
 import os
 from collections import OrderedDict, namedtuple
 
 import cv2
+import numpy as np
 
-from ghostsr_plugin.utils.cli import UserInputError
+from ghostsr_plugin.utils.atomic import write_bytes
+from ghostsr_plugin.utils.errors import UserInputError
 
-__all__ = ['IMAGE_EXTENSIONS', 'ImageInfo', 'PairCheck', 'is_image_name', 'inspect_image', 'read_image',
-           'size_mismatch', 'check_pairs', 'conversion_note']
+__all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_FORMATS', 'ImageInfo', 'PairCheck', 'is_image_name', 'list_inputs',
+           'read_image', 'inspect_image', 'output_extension', 'write_image', 'size_mismatch', 'check_pairs',
+           'conversion_note']
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm')
+
+# output format -> (holds an alpha channel, holds 16-bit samples), as OpenCV writes them
+OUTPUT_FORMATS = {'png': (True, True), 'jpg': (False, False), 'webp': (True, False), 'bmp': (False, False),
+                  'tif': (True, True)}
+_FORMAT_OF_EXTENSION = {'.png': 'png', '.jpg': 'jpg', '.jpeg': 'jpg', '.webp': 'webp', '.bmp': 'bmp', '.tif': 'tif',
+                        '.tiff': 'tif'}
 
 ImageInfo = namedtuple('ImageInfo', 'height width conversion')  # conversion: None, or e.g. 'grey', '16-bit RGBA'
 PairCheck = namedtuple('PairCheck', 'pairs skipped conversions')  # kept pairs, mismatch messages, {kind: [names]}
@@ -26,9 +41,41 @@ def is_image_name(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _unreadable(path):
-    reason = 'empty file' if os.path.getsize(path) == 0 else 'corrupt, or not an image OpenCV can decode'
-    return UserInputError(f'{path}: cannot read the image ({reason})')
+def list_inputs(path):
+    """``[path]`` for a file; the visible files of a folder, sorted (any extension: an unknown one is reported
+    when read, not silently left out)."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'-i {path}: no such image file or folder')
+    files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if not name.startswith('.')]
+    return [file for file in files if os.path.isfile(file)]
+
+
+def read_image(path, bgr8=False):
+    """The image at ``path`` as OpenCV decodes it unchanged (grey, BGR or BGRA; uint8 or uint16), or with
+    ``bgr8=True`` as BasicSR reads it (uint8 BGR, ``cv2.IMREAD_COLOR``). Errors name the file: missing, empty, an
+    unknown extension, an undecodable file, a sample type other than 8 or 16 bits, a channel count other than 1, 3
+    or 4."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'image not found: {path}')
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise UserInputError(f'{path}: unknown image format {ext or "(no extension)"!r} '
+                             f'(allowed: {", ".join(IMAGE_EXTENSIONS)})')
+    kind = ext[1:].upper()
+    if os.path.getsize(path) == 0:
+        raise UserInputError(f'{path}: not a readable {kind} image (empty file)')
+    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR if bgr8 else cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise UserInputError(f'{path}: not a readable {kind} image (corrupt, truncated or not an image)')
+    if img.dtype not in (np.uint8, np.uint16):
+        raise UserInputError(f'{path}: {img.dtype} samples are not supported (allowed: 8-bit or 16-bit images)')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise UserInputError(f'{path}: {img.shape[2]} channels are not supported (allowed: grey, BGR, BGRA)')
+    return img
 
 
 def _conversion(img):
@@ -40,25 +87,39 @@ def _conversion(img):
 
 
 def inspect_image(path):
-    """:class:`ImageInfo` of an image file (decoded once, by the plugin's reader of user images, whose errors name
-    the file: unknown extension, undecodable, unsupported sample type or channel count)."""
-    from ghostsr_plugin.deploy.images import read_image as read_unchanged
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'image not found: {path}')
-    if os.path.getsize(path) == 0:
-        raise _unreadable(path)
-    img = read_unchanged(path)
+    """:class:`ImageInfo` of an image file (decoded once by :func:`read_image`, whose errors name the file)."""
+    img = read_image(path)
     return ImageInfo(img.shape[0], img.shape[1], _conversion(img))
 
 
-def read_image(path):
-    """The image as BasicSR's ``imfrombytes`` reads it: uint8 BGR, 3 channels (``cv2.IMREAD_COLOR``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'image not found: {path}')
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise _unreadable(path)
-    return img
+def output_extension(ext, input_path, has_alpha):
+    """(file extension without the dot, note or None) of an output: ``ext`` ``'auto'`` keeps the input's format;
+    an image with alpha goes to PNG when the format cannot hold the alpha channel."""
+    if ext == 'auto':
+        ext = _FORMAT_OF_EXTENSION.get(os.path.splitext(input_path)[1].lower(), 'png')
+    if ext not in OUTPUT_FORMATS:
+        raise UserInputError(f'--ext {ext!r}: allowed auto, {", ".join(OUTPUT_FORMATS)}')
+    if has_alpha and not OUTPUT_FORMATS[ext][0]:
+        return 'png', f'{os.path.basename(input_path)}: {ext.upper()} has no alpha channel, written as PNG'
+    return ext, None
+
+
+def write_image(path, img):
+    """Encode ``img`` in the format of ``path``'s extension and write it atomically. 16-bit samples go to formats
+    without 16 bits as 8 bits (value / 257, rounded). Returns a note about that conversion, or None."""
+    ext = os.path.splitext(path)[1].lower()
+    fmt = _FORMAT_OF_EXTENSION.get(ext)
+    if fmt is None:
+        raise UserInputError(f'{path}: cannot write {ext!r} images (allowed: {", ".join(OUTPUT_FORMATS)})')
+    note = None
+    if img.dtype == np.uint16 and not OUTPUT_FORMATS[fmt][1]:
+        img = np.round(img / 257.).astype(np.uint8)
+        note = f'{os.path.basename(path)}: {fmt.upper()} holds 8 bits a sample, written as 8-bit'
+    ok, data = cv2.imencode(ext, img)
+    if not ok:
+        raise ValueError(f'{path}: OpenCV could not encode a {img.shape} {img.dtype} image as {fmt.upper()}')
+    write_bytes(path, data.tobytes())
+    return note
 
 
 def size_mismatch(name, hr, lr, scale):

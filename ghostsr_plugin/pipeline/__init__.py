@@ -1,0 +1,2 @@
+"""Runs through BasicSR's own pipelines: the up-front option checks (:mod:`.options`), resuming (:mod:`.resume`),
+training and testing (:mod:`.training`) and the main job (:mod:`.main_job`)."""
