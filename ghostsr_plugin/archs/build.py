@@ -8,7 +8,8 @@ from ghostsr_plugin.utils.checkpoint import check_state_dict_fits, load_checkpoi
 from ghostsr_plugin.utils.errors import UserInputError
 from ghostsr_plugin.utils.option_file import load_options
 
-__all__ = ['build_unloaded', 'network_options', 'network_spec', 'build_network_spec', 'build_network_from_options', 'load_weights',
+__all__ = ['build_unloaded', 'network_options', 'network_spec', 'build_network_spec', 'build_network_from_options',
+           'load_weights',
            'load_network']
 
 

@@ -7,7 +7,8 @@ __all__ = ['plain_twin_options', 'teacher_options']
 
 def plain_twin_options(network_opt):
     """BasicSR network options of a Ghost arch's plain twin: ``type: Ghost`` -> its ``network``; type ``GhostX`` ->
-    ``X`` (GhostEDSR -> BasicSR's EDSR), keeping the arguments the plain class accepts (the ghost ones, λ, d, shift mode, Gumbel, are dropped)."""
+    ``X`` (GhostEDSR -> BasicSR's EDSR), keeping the arguments the plain class accepts (the ghost ones, λ, d, shift
+    mode, Gumbel, are dropped)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     ghost_type = network_opt.get('type', '')
     if ghost_type == 'Ghost':  # the generic wrapper: its plain network is named in full

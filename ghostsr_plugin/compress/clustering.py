@@ -21,8 +21,9 @@ the Ghost net and its plain twin share state-dict names (``GhostConv2d`` keeps `
 Producer -> consumer links (for Eq. 9) are found by tracing one forward of the Ghost net on a tiny input
 (:func:`trace_ghost_inputs`): each tensor remembers which ghosted layer's output channels it carries, through
 channel-wise ops (ReLU, scaling by a number, ...) and ``torch.cat`` along channels; a ghost layer called with a
-fused ``residual`` epilogue, or anything else (a residual add, a 1x1 fusion, PixelShuffle) breaks the link. This is generic over the four families (EDSR block conv1->conv2,
-CARN/CARN_M ``body.0 -> body.2``, RDN's dense concatenations) without a per-family list; the links found are
+fused ``residual`` epilogue, or anything else (a residual add, a 1x1 fusion, PixelShuffle) breaks the link. This is
+generic over the four families (EDSR block conv1->conv2, CARN/CARN_M ``body.0 -> body.2``, RDN's dense
+concatenations) without a per-family list; the links found are
 written to the report (``inputs_from``) so they can be checked.
 
 Offline use (the Ghost net is read from a BasicSR option file, as ``basicsr/train.py`` would build it)::
@@ -424,7 +425,8 @@ def cluster_init(net, plain_state, seed=0, n_init=10, init_offset=None, offset_m
 
     Args:
         net (nn.Module): a Ghost network (any family); modified in place.
-        plain_state (dict[str, Tensor]): the plain twin's state dict (:func:`ghostsr_plugin.utils.checkpoint.load_checkpoint` reads one).
+        plain_state (dict[str, Tensor]): the plain twin's state dict (as
+            :func:`ghostsr_plugin.utils.checkpoint.load_checkpoint` reads one).
         seed (int): k-means ``random_state``. Default 0.
         n_init (int): k-means restarts. Default 10.
         init_offset (None | 'centre' | (dy, dx)): ``None`` leaves the shift logits as the network initialised them

@@ -2,7 +2,6 @@
 write the Ghost checkpoint, its report and the BasicSR options that build it: the library behind ``ghostsr
 ghostify``."""
 import copy
-import json
 
 import yaml
 

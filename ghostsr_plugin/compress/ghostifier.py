@@ -20,8 +20,9 @@ trains the merged deploy convs directly, not the original branches.
 
 Each ghosted layer becomes a :class:`~ghostsr_plugin.ops.ghost_conv.GhostConv2d` under the same name (state-dict
 ``weight`` / ``bias`` keep their names with the intrinsic filters only), initialised with the plain layer's first
-(1-λ)·c_o filters. The network gets ``ghost_schedule`` (a :class:`~ghostsr_plugin.ops.schedule.GhostSchedule`, as every registered Ghost arch)
-and a forward pre-hook that plans the offsets of all its ghost layers at the start of each forward.
+(1-λ)·c_o filters. The network gets ``ghost_schedule`` (a :class:`~ghostsr_plugin.ops.schedule.GhostSchedule`, as
+every registered Ghost arch) and a forward pre-hook that plans the offsets of all its ghost layers at the start
+of each forward (:func:`~ghostsr_plugin.ops.schedule.attach_schedule`).
 
 Fused epilogues (the same values, fewer passes over the features), found in the same trace:
 

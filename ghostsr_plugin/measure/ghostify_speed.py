@@ -62,8 +62,5 @@ def run(threads=2, reps=20, size=128, timer='wall', log=print):
             med, paired = ratio_stats(times, name, 'GhostEDSR')
             best = min(times[name]) / min(times['GhostEDSR'])
             log(f'{layout:<14} {name:<17} / GhostEDSR: {statistics.median(times[name]):8.2f} / {base:8.2f} ms  '
-                  f'ratio {med:.3f}  paired {paired:.3f}  best {best:.3f}')
+                f'ratio {med:.3f}  paired {paired:.3f}  best {best:.3f}')
 
-
-if __name__ == '__main__':
-    sys.exit(run_command('ghostsr_plugin.measure.ghostify_speed', main))

@@ -15,7 +15,6 @@ import contextlib
 import io
 import os
 
-import torch
 
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
 from ghostsr_plugin.archs.build import build_unloaded
