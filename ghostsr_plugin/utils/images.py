@@ -5,6 +5,8 @@
   (``cv2.IMREAD_COLOR``: uint8 BGR, 3 channels; grey, RGBA and 16-bit images silently become 8-bit RGB, alpha
   dropped, 16 bits cut to the high 8). Every error names the file: missing, empty, unknown extension, undecodable,
   unsupported sample type or channel count.
+* :func:`image_size` reads an image's width and height from its header, without decoding the pixels (any number
+  of images can be checked; a header declaring a huge image costs nothing).
 * :func:`inspect_image` says which of those conversions an image undergoes, so a set can say so once
   (:func:`conversion_note`); :func:`check_pairs` refuses LR/HR pairs whose sizes do not fit the scale after
   BasicSR's modcrop (the HR is cut to LR x scale), where BasicSR would report a wrong PSNR or fail with an assertion
@@ -22,7 +24,7 @@ from ghostsr_plugin.utils.atomic import write_bytes
 from ghostsr_plugin.utils.errors import UserInputError
 
 __all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_FORMATS', 'ImageInfo', 'PairCheck', 'is_image_name', 'list_inputs',
-           'read_image', 'inspect_image', 'output_extension', 'write_image', 'size_mismatch', 'check_pairs',
+           'image_size', 'read_image', 'inspect_image', 'output_extension', 'write_image', 'size_mismatch', 'check_pairs',
            'conversion_note']
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm')
@@ -50,6 +52,32 @@ def list_inputs(path):
         raise FileNotFoundError(f'-i {path}: no such image file or folder')
     files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if not name.startswith('.')]
     return [file for file in files if os.path.isfile(file)]
+
+
+def image_size(path):
+    """(height, width) of the image at ``path`` from its header alone (Pillow opens files lazily; no pixel is
+    decoded, whatever size the header declares). Errors name the file: missing, empty, unknown extension, a header
+    that is not an image's."""
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'image not found: {path}')
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise UserInputError(f'{path}: unknown image format {ext or "(no extension)"!r} '
+                             f'(allowed: {", ".join(IMAGE_EXTENSIONS)})')
+    if os.path.getsize(path) == 0:
+        raise UserInputError(f'{path}: not a readable {ext[1:].upper()} image (empty file)')
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would refuse to say the size; callers decide on it
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserInputError(f'{path}: not a readable {ext[1:].upper()} image (corrupt, truncated or not an image: '
+                             f'{err})') from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return height, width
 
 
 def read_image(path, bgr8=False):
