@@ -2,7 +2,9 @@
 
 Installed with the plugin and run at interpreter start by ``ghostsr_plugin_autoload.pth``. It costs one entry in
 ``sys.meta_path`` and imports neither torch nor BasicSR. When ``basicsr`` is imported, its loader is wrapped so
-that, once ``basicsr/__init__.py`` has run, ``ghostsr_plugin`` is imported and registers its archs and models.
+that, once ``basicsr/__init__.py`` has run, ``ghostsr_plugin`` is imported and registers its archs and models, and
+replaces ``basicsr.utils.options.ordered_yaml`` with a safe loader (``ghostsr_plugin.utils.option_file``), so that
+BasicSR's own ``train.py`` / ``test.py`` refuse an option file whose tags would construct Python objects.
 
 It also holds the torchvision compatibility finder (:func:`install_compat`), which ``ghostsr_plugin`` installs too:
 BasicSR 1.4.2 (``basicsr/data/degradations.py``) imports ``torchvision.transforms.functional_tensor``, a module
@@ -10,7 +12,8 @@ torchvision removed in 0.17. The finder goes last in ``sys.meta_path``, so it an
 that name exists (old torchvision wins), with a module exposing ``rgb_to_grayscale`` (the one name BasicSR uses)
 from ``torchvision.transforms.functional``. BasicSR's files are never touched.
 
-Switch it off with the environment variable ``GHOSTSR_NO_AUTOLOAD=1``.
+Switch it off with the environment variable ``GHOSTSR_NO_AUTOLOAD=1`` (then BasicSR's own scripts neither know the
+Ghost archs nor read option files safely, unless ``ghostsr_plugin`` is imported before they parse their options).
 """
 import importlib.abc
 import importlib.util

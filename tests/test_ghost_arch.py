@@ -3,8 +3,10 @@ randomly initialised plain twin (ghost_init:) and runs a GhostSRModel training s
 (distill:); ECBSR's re-parameterised blocks are merged first (its branch checkpoint too), and refused by name with
 reparameterize: false. spandrel checkpoints (random init, saved to files), SPAN included (merged first), go through
 ``ghostsr ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed options load,
-with the right output size; unidentifiable files and SPAN with --no_reparameterize are one clear error."""
+with the right output size; unidentifiable files, malformed .safetensors files and SPAN with --no_reparameterize
+are one clear error."""
 import json
+import os
 
 import pytest
 import torch
@@ -137,6 +139,26 @@ def test_spandrel_bad_inputs_are_one_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'unknown.pth: spandrel 0.4.2 cannot identify the architecture' in err and 'ESRGAN' in err
     assert not (tmp_path / 'ghost.pth').exists()
+
+
+@pytest.mark.parametrize('content', ['not safetensors', 'empty', 'truncated'])
+def test_a_malformed_safetensors_file_is_one_line(content, tmp_path, capsys):
+    """A .safetensors file that is not one, is empty, or whose data stops before its header says: exit code 2, one
+    line naming the file, no output. Before: a SafetensorError traceback from the Rust reader."""
+    pytest.importorskip('spandrel')
+    import struct
+    from ghostsr_plugin.cli.ghostify import main
+    from ghostsr_plugin.utils.errors import run_command
+    header = json.dumps({'w': {'dtype': 'F32', 'shape': [1000], 'data_offsets': [0, 4000]}}).encode()
+    data = {'not safetensors': b'garbage bytes', 'empty': b'',
+            'truncated': struct.pack('<Q', len(header)) + header + bytes(100)}[content]
+    path = tmp_path / 'model.safetensors'
+    path.write_bytes(data)
+    code = run_command('ghostsr ghostify', main, ['--model', str(path), '--out', str(tmp_path / 'ghost.pth')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f'ghostsr ghostify: error: {path}: not a readable .safetensors file ('), err[0]
+    assert os.listdir(tmp_path) == ['model.safetensors']
 
 
 def test_hand_written_ghost_archs_are_thin_registrations_over_ghostify():

@@ -5,8 +5,12 @@ Proves, item by item:
    every load path (:data:`LOAD_PATHS`): the marker is never created, the error is one line naming the file, never
    advising ``weights_only=False``, and the file system is left as it was;
 2. a bad option fails before BasicSR makes or renames (``_archived_``) any folder: the tree is unchanged, the error
-   is one line with exit code 2, BasicSR's option dump is not printed;
-3. an LR that does not fit its HR at the scale stops ``test`` with the image, both sizes and the scale;
+   is one line with exit code 2, BasicSR's option dump is not printed (:data:`BAD_OPTIONS` for ``train`` against
+   an existing experiment, :data:`BAD_TEST_OPTIONS` for ``test`` against an existing results folder; issue 18
+   added every option BasicSR reads only after making the folder: data files, iterations, batch, ``gt_size``,
+   optimizer / scheduler / loss / metric types, frequencies, ``num_gpu``, ``crop_border``, ``val: suffix``);
+3. an LR that does not fit its HR at the scale stops ``test`` with the image, both sizes and the scale, in a set of
+   any size (501 pairs: headers only) and in LMDB sets (their ``meta_info.txt``);
 5. after a killed save, the next ``--auto_resume`` removes the plugin's temporary files (only those), skips the
    damaged newest state with a warning naming it and resumes from the newest complete one;
 8. grey / RGBA / 16-bit test images are named once per set.
@@ -33,8 +37,23 @@ from conftest import SCALE, python, run, train_options, write_options
 from hardening_helpers import Hostile
 from ghostsr_plugin import cli
 
+GPUS = torch.cuda.device_count()
 NET = {'type': 'GhostEDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}
 PLAIN = dict(NET, type='EDSR')
+
+
+DELETE = object()  # set_option: remove the key
+
+
+def set_option(opt, dotted, value):
+    """Set (or, with :data:`DELETE`, remove) ``opt['a']['b']`` for ``dotted`` ``'a.b'``."""
+    *parents, leaf = dotted.split('.')
+    for part in parents:
+        opt = opt[part]
+    if value is DELETE:
+        opt.pop(leaf, None)
+    else:
+        opt[leaf] = value
 
 
 def tree(root):
@@ -68,10 +87,14 @@ class Plant:
         self.image = str(self.bench / 'Tiny' / 'HR' / sorted(os.listdir(data['hr']))[0])
 
     def train_opt(self, name='exp', **changes):
-        """A training option file (tiny GhostEDSR); ``changes``: top-level blocks, ``path`` entries merged."""
+        """A training option file (tiny GhostEDSR); ``changes``: top-level blocks, ``path`` entries merged, dotted
+        keys (``'train.total_iter'``) set inside (:data:`DELETE` removes the key)."""
         opt = train_options(name, dict(NET), self.data, total_iter=2)
         for key, value in changes.items():
-            opt[key] = dict(opt.get(key) or {}, **value) if key == 'path' else value
+            if '.' in key:
+                set_option(opt, key, value)
+            else:
+                opt[key] = dict(opt.get(key) or {}, **value) if key == 'path' else value
         return write_options(opt, self.tmp)
 
     def test_opt(self, name='tst', pretrain=None, gt=None, lq=None, **changes):
@@ -88,8 +111,14 @@ class Plant:
                'network_g': dict(NET), 'path': {'pretrain_network_g': pretrain, 'strict_load_g': True},
                'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE,
                                                                'test_y_channel': True}}}}
-        opt.update(changes)
+        for key, value in changes.items():
+            set_option(opt, key, value)
         return write_options(opt, self.tmp)
+
+    def copy_data(self, key, target):
+        """A copy of ``tiny_data[key]`` (a folder of images or an LMDB) at ``tmp/target``; returns its path."""
+        shutil.copytree(self.data[key], self.tmp / target)
+        return self.tmp / target
 
     def plant(self, relative):
         """Copy the hostile file to ``tmp/relative``; returns that path."""
@@ -187,7 +216,106 @@ BAD_OPTIONS = {
                                           '(16, 3, 3, 3), the network needs (8, 3, 3, 3)'),
     'ghost_init does not fit': ('wide_init', "ghost_init: pretrain_path"),
     'missing section': ({'train': None}, 'missing train'),
+    # issue 18 item 2: options BasicSR reads only after it made or renamed the experiment folder
+    'total_iter -5': ({'train.total_iter': -5}, 'train.total_iter: must be a positive integer (the number of '
+                                                 'training iterations), got -5'),
+    'total_iter 0': ({'train.total_iter': 0}, 'train.total_iter: must be a positive integer'),
+    'total_iter abc': ({'train.total_iter': 'abc'}, "train.total_iter: must be a positive integer (the number of "
+                                                     "training iterations), got 'abc'"),
+    'warmup_iter text': ({'train.warmup_iter': 'none'}, "train.warmup_iter: must be an integer (-1: no warm-up)"),
+    'batch size 0': ({'datasets.train.batch_size_per_gpu': 0}, 'datasets.train.batch_size_per_gpu: must be a '
+                                                               'positive integer'),
+    'batch larger than the set': ({'datasets.train.batch_size_per_gpu': 8},
+                                  "datasets.train.batch_size_per_gpu: 8 is more than the 6 training pairs; BasicSR's "
+                                  'loader drops the last partial batch, so not one iteration would run; allowed: '
+                                  'at most 6'),
+    'workers -1': ({'datasets.train.num_worker_per_gpu': -1}, 'datasets.train.num_worker_per_gpu: must be an '
+                                                              'integer >= 0'),
+    'workers missing': ({'datasets.train.num_worker_per_gpu': DELETE}, 'datasets.train.num_worker_per_gpu: required, '
+                                                                       'an integer >= 0'),
+    'enlarge ratio 0': ({'datasets.train.dataset_enlarge_ratio': 0}, 'datasets.train.dataset_enlarge_ratio: must be '
+                                                                     'a positive number'),
+    'prefetch cuda without pin_memory': ({'datasets.train.prefetch_mode': 'cuda'},
+                                         'datasets.train.prefetch_mode: cuda needs datasets.train.pin_memory: true'),
+    'gt_size larger than the images': ({'datasets.train.gt_size': 64},
+                                       'datasets.train.gt_size: 64 needs LR images of at least 32x32 (gt_size / scale '
+                                       '2), but img0.png is LR 16x16 (HR 32x32); allowed: a multiple of 2 up to 32'),
+    'gt_size not a multiple of the scale': ({'datasets.train.gt_size': 15},
+                                            'datasets.train.gt_size: 15 is not a multiple of the scale 2'),
+    'gt_size larger than the LMDB images': (lambda c: {
+        'datasets.train.io_backend': {'type': 'lmdb'}, 'datasets.train.dataroot_gt': c.data['hr_lmdb'],
+        'datasets.train.dataroot_lq': c.data['lr_lmdb'], 'datasets.train.gt_size': 48},
+        'datasets.train.gt_size: 48 needs LR images of at least 24x24 (gt_size / scale 2), but img0.png is LR 16x16'),
+    'training pair does not fit': (lambda c: (
+        cv2.imwrite(str(c.copy_data('lr', 'lr_bad') / 'img2.png'), np.zeros((15, 16, 3), np.uint8)),
+        {'datasets.train.dataroot_lq': str(c.tmp / 'lr_bad')})[1],
+        "datasets.train (tiny): img2.png: HR 32x32 is not LR 16x15 x scale 2; BasicSR's training crop needs every HR "
+        'to be its LR x scale exactly'),
+    'meta_info_file missing': ({'datasets.train.meta_info_file': 'datasets/meta_x2.txt'},
+                               'datasets.train.meta_info_file: datasets/meta_x2.txt does not exist'),
+    'meta_info_file lists a missing image': (lambda c: (
+        (c.tmp / 'meta.txt').write_text('img0.png (32,32,3)\nimg9.png (32,32,3)\n'),
+        {'datasets.train.meta_info_file': str(c.tmp / 'meta.txt')})[1], 'img9.png'),
+    'LMDB without meta_info.txt': (lambda c: (
+        os.remove(c.copy_data('hr_lmdb', 'hr.lmdb') / 'meta_info.txt'),
+        {'datasets.train.io_backend': {'type': 'lmdb'}, 'datasets.train.dataroot_gt': str(c.tmp / 'hr.lmdb'),
+         'datasets.train.dataroot_lq': c.data['lr_lmdb']})[1],
+        'hr.lmdb is not an LMDB folder (no meta_info.txt)'),
+    'LMDB folder not named .lmdb': (lambda c: (
+        c.copy_data('hr_lmdb', 'hr_db'),
+        {'datasets.train.io_backend': {'type': 'lmdb'}, 'datasets.train.dataroot_gt': str(c.tmp / 'hr_db'),
+         'datasets.train.dataroot_lq': c.data['lr_lmdb']})[1],
+        "hr_db is not named <name>.lmdb, which BasicSR's PairedImageDataset requires of an LMDB folder"),
+    'unknown optimizer': ({'train.optim_g.type': 'SGD'}, 'train.optim_g.type: "SGD" is not an optimizer GhostSRModel '
+                                                         "can build; allowed: Adam (BasicSR 1.4.2's get_optimizer "
+                                                         'builds only Adam)'),
+    'optimizer argument': ({'train.optim_g.momentum': 0.9}, 'train.optim_g: Adam does not take these arguments:'),
+    'learning rate as text': ({'train.optim_g.lr': '1e-3'}, "train.optim_g.lr: must be a number, got '1e-3' (YAML "
+                                                            'reads 1e-3 as text'),
+    'unknown scheduler': ({'train.scheduler.type': 'StepLR'}, 'train.scheduler.type: "StepLR" is not a scheduler '
+                                                              'BasicSR 1.4.2 builds; allowed: MultiStepLR, '
+                                                              'MultiStepRestartLR, CosineAnnealingRestartLR'),
+    'scheduler arguments': ({'train.scheduler.restart_weights': [1, 1]},
+                            'train.scheduler: CosineAnnealingRestartLR does not take these arguments: periods and '
+                            'restart_weights should have the same length.'),
+    'scheduler periods shorter than the run': ({'train.total_iter': 4, 'train.scheduler.periods': [2]},
+                                               'train.scheduler.periods: [2] sum to 2, but train.total_iter is 4: '
+                                               "BasicSR's CosineAnnealingRestartLR fails at iteration 4"),
+    'unknown loss': ({'train.pixel_opt.type': 'L3Loss'}, 'train.pixel_opt.type: "L3Loss" is not a registered loss; '
+                                                         'allowed: CharbonnierLoss, GANLoss, L1Loss'),
+    'loss reduction': ({'train.pixel_opt.reduction': 'avg'}, 'train.pixel_opt.reduction: "avg" is not supported; '
+                                                             'allowed: none, mean, sum'),
+    'no loss': ({'train.pixel_opt': None}, 'train: pixel_opt or perceptual_opt is required by GhostSRModel'),
+    'unknown metric': ({'val.metrics.psnr.type': 'calculate_lpips'},
+                       'val.metrics.psnr.type: "calculate_lpips" is not a registered metric; allowed: calculate_niqe, '
+                       'calculate_psnr, calculate_ssim'),
+    'tensor metric': ({'val.metrics.psnr.type': 'calculate_psnr_pt'}, 'val.metrics.psnr.type: "calculate_psnr_pt" '
+                                                                      '(the _pt metrics take tensors'),
+    'crop_border x': ({'val.metrics.psnr.crop_border': 'x'}, "val.metrics.psnr.crop_border: must be an integer >= 0 "
+                                                             "(pixels cut from each border before measuring), got 'x'"),
+    'crop_border -1': ({'val.metrics.ssim.crop_border': -1}, 'val.metrics.ssim.crop_border: must be an integer >= 0'),
+    'crop_border missing': ({'val.metrics.psnr.crop_border': DELETE},
+                            "val.metrics.psnr: calculate_psnr does not take these arguments: missing a required "
+                            "argument: 'crop_border'"),
+    'save_checkpoint_freq 0': ({'logger.save_checkpoint_freq': 0}, 'logger.save_checkpoint_freq: must be a positive '
+                                                                   'integer (iterations between saved checkpoints), '
+                                                                   'got 0'),
+    'print_freq 0': ({'logger.print_freq': 0}, 'logger.print_freq: must be a positive integer'),
+    'val_freq 0': ({'val.val_freq': 0}, 'val.val_freq: must be a positive integer (iterations between validations)'),
+    'val save_img missing': ({'val.save_img': DELETE}, 'val.save_img: required'),
+    'wandb without tensorboard': ({'logger.wandb': {'project': 'x'}}, 'logger.wandb.project: set, so BasicSR needs '
+                                                                     'logger.use_tb_logger: true'),
+    'num_gpu more than the machine has': ({'num_gpu': GPUS + 4}, f'num_gpu: {GPUS + 4}, but this machine has {GPUS} '
+                                                                 'CUDA GPU'),
+    'num_gpu text': ({'num_gpu': 'all'}, "num_gpu: must be auto or an integer >= 0 (0: the CPU), got 'all'"),
+    'dataset phase': (lambda c: {'datasets.test_1': c_val(c)}, 'datasets.test_1: not a phase BasicSR trains with; '
+                                                              'allowed: train, val, val_<n>'),
 }
+
+
+def c_val(plant):
+    """The validation set of a Plant's training options (for a case that copies it under another phase)."""
+    return train_options('exp', dict(NET), plant.data)['datasets']['val']
 
 
 @pytest.mark.parametrize('case', sorted(BAD_OPTIONS))
@@ -205,7 +333,8 @@ def test_rejected_run_leaves_the_experiment_alone(case, tiny_data, tmp_path, mon
         torch.save({'params': build_network(dict(PLAIN, num_feat=16)).state_dict()}, tmp_path / 'wide.pth')
         opt_path = plant.train_opt(ghost_init={'pretrain_path': 'wide.pth'})
     else:
-        opt_path = plant.train_opt(**change)
+        opt_path = plant.train_opt(**(change(plant) if callable(change) else change))
+    capsys.readouterr()  # what setting up printed (make_lmdb_from_imgs' progress)
     existing = tmp_path / 'experiments' / 'exp'
     (existing / 'training_states').mkdir(parents=True)
     (existing / 'train_exp_1.log').write_text('the earlier run')
@@ -214,6 +343,90 @@ def test_rejected_run_leaves_the_experiment_alone(case, tiny_data, tmp_path, mon
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err.startswith('ghostsr train: error: ') and len(captured.err.splitlines()) == 1
+    assert message in captured.err, captured.err
+    assert tree(tmp_path) == before
+    assert 'network_g' not in captured.out and 'Disable distributed' not in captured.out  # no option dump
+
+
+def large_set(plant, pairs=501, bad='0250'):
+    """``pairs`` tiny pairs (8x8 HR, 4x4 LR) under tmp/large, the LR of ``bad`` 5x5: more pairs than the checks
+    decode (MAX_IMAGES_TO_DECODE), so only the headers tell the mismatch. Returns the test_opt changes."""
+    hr_dir, lr_dir = plant.tmp / 'large' / 'hr', plant.tmp / 'large' / 'lr'
+    hr_dir.mkdir(parents=True)
+    lr_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(pairs):
+        cv2.imwrite(str(hr_dir / f'{i:04d}.png'), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        side = 5 if f'{i:04d}' == bad else 4
+        cv2.imwrite(str(lr_dir / f'{i:04d}.png'), rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    return {'gt': hr_dir, 'lq': lr_dir, 'val.metrics.psnr.crop_border': 0}
+
+
+def lmdb_set(plant):
+    """An LMDB test set from tiny_data whose LR img3 is 14x14 (its HR 32x32). Returns the test_opt changes."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+    lr_dir = plant.copy_data('lr', 'lr_bad')
+    cv2.imwrite(str(lr_dir / 'img3.png'), cv2.imread(str(lr_dir / 'img3.png'))[:14, :14])
+    names = sorted(os.listdir(lr_dir))
+    make_lmdb_from_imgs(str(lr_dir), str(plant.tmp / 'lr_bad.lmdb'), names, [n[:-4] for n in names])
+    return {'gt': plant.data['hr_lmdb'], 'lq': plant.tmp / 'lr_bad.lmdb',
+            'datasets.test_1.io_backend': {'type': 'lmdb'}}
+
+
+# ghostsr test: name -> (changes to Plant.test_opt, or a function of the Plant returning them; message)
+BAD_TEST_OPTIONS = {
+    'unknown metric': ({'val.metrics.psnr.type': 'PSNR'}, 'val.metrics.psnr.type: "PSNR" is not a registered metric; '
+                                                          'allowed: calculate_niqe, calculate_psnr, calculate_ssim'),
+    'crop_border x': ({'val.metrics.psnr.crop_border': 'x'}, "val.metrics.psnr.crop_border: must be an integer >= 0 "
+                                                             "(pixels cut from each border before measuring), got 'x'"),
+    'save_img without suffix': ({'val.save_img': True}, 'val.suffix: required when save_img is true in a test option '
+                                                        'file: images are saved as <image>_<suffix>.png, or '
+                                                        '<image>_<name>.png with suffix: ~'),
+    'save_img missing': ({'val.save_img': DELETE}, 'val.save_img: required (true: write the super-resolved images; '
+                                                   'false: metrics only)'),
+    'num_gpu more than the machine has': ({'num_gpu': GPUS + 4}, f'num_gpu: {GPUS + 4}, but this machine has {GPUS} '
+                                                                 'CUDA GPU'),
+    'dataset phase': ({'datasets.bench': {}}, 'datasets.bench: not a phase BasicSR tests with; allowed: test, '
+                                              'test_<n>, val, val_<n>'),
+    'meta_info_file missing': ({'datasets.test_1.meta_info_file': 'meta.txt'},
+                               'datasets.test_1.meta_info_file: meta.txt does not exist'),
+    'LMDB meta_info.txt line': (lambda c: (
+        (c.copy_data('hr_lmdb', 'hr.lmdb') / 'meta_info.txt').write_text('img0.png (32,32,3) 1\nimg1.png 32x32\n'),
+        {'gt': c.tmp / 'hr.lmdb', 'lq': c.data['lr_lmdb'], 'datasets.test_1.io_backend': {'type': 'lmdb'}})[1],
+        "meta_info.txt line 2: 'img1.png 32x32' is not \"<name> (h,w,c) <compress_level>\" as BasicSR's lmdb_util "
+        'writes it'),
+    'LMDB keys differ': (lambda c: (
+        (c.copy_data('hr_lmdb', 'hr.lmdb') / 'meta_info.txt').write_text(
+            ''.join(f'img{i}.png (32,32,3) 1\n' for i in (0, 1, 2, 3, 4, 7))),
+        {'gt': c.tmp / 'hr.lmdb', 'lq': c.data['lr_lmdb'], 'datasets.test_1.io_backend': {'type': 'lmdb'}})[1],
+        'datasets.test_1 (tiny): the LR and HR LMDBs hold different images (only in dataroot_gt: img7; only in '
+        'dataroot_lq: img5); BasicSR pairs them by key'),
+    # item 3: every set is checked, however large, on disk or in an LMDB
+    '501 pairs, one LR that does not fit': (large_set, 'datasets.test_1 (tiny): 0250.png: LR 5x5 does not fit HR 8x8 '
+                                                       'at scale 2 (expected 4x4); every LR must be its HR cut to a '
+                                                       'multiple of the scale and divided by it'),
+    'LMDB set, one LR that does not fit': (lmdb_set, 'datasets.test_1 (tiny): img3.png: LR 14x14 does not fit HR 32x32 '
+                                                     'at scale 2 (expected 16x16)'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_TEST_OPTIONS))
+def test_rejected_test_leaves_the_results_alone(case, tiny_data, tmp_path, monkeypatch, capsys):
+    """Before: `ghostsr test` with an unknown metric, `crop_border: x` or save_img without suffix renamed
+    results/<name> to <name>_archived_<time> and then failed (`error: suffix`); a 501-pair or LMDB set whose LR did
+    not fit its HR gave a PSNR and exit code 0. Now: one line, exit code 2, the tree unchanged, no option dump."""
+    plant = Plant(tmp_path, tiny_data)
+    change, message = BAD_TEST_OPTIONS[case]
+    opt_path = plant.test_opt(pretrain=True, **(change(plant) if callable(change) else change))
+    capsys.readouterr()  # what setting up printed (make_lmdb_from_imgs' progress)
+    existing = tmp_path / 'results' / 'tst'
+    (existing / 'visualization').mkdir(parents=True)
+    (existing / 'test_tst_1.log').write_text('the earlier test')
+    before = tree(tmp_path)
+    code, _ = run_in_process('test', ['-opt', opt_path], monkeypatch, tmp_path)
+    captured = capsys.readouterr()
+    assert code == 2, captured.out[-2000:] + captured.err[-2000:]
+    assert captured.err.startswith('ghostsr test: error: ') and len(captured.err.splitlines()) == 1, captured.err
     assert message in captured.err, captured.err
     assert tree(tmp_path) == before
     assert 'network_g' not in captured.out and 'Disable distributed' not in captured.out  # no option dump

@@ -1,6 +1,8 @@
 """ghostsr_plugin.utils.images, the one image reader of the package: read_image decodes unchanged or as BasicSR does
 (bgr8) and names the file in every error; image_size reads the size from the header alone, so a header declaring
-100000x100000 pixels costs nothing and a file that is no image is one error naming it."""
+100000x100000 pixels costs nothing and a file that is no image is one error naming it; read_image's max_pixels
+refuses such a header before decoding; write_image on a full disk leaves no zero-byte file."""
+import os
 import struct
 import zlib
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from ghostsr_plugin.utils.images import image_size, read_image
+from test_atomic_saves import full_disk  # noqa: F401  (fixture)
 
 
 def _png_header_only(path, width, height):
@@ -54,3 +57,43 @@ def test_bgr8_reads_as_basicsr(tmp_path):
     assert read_image(str(tmp_path / 'g.png')).dtype == np.uint16
     assert np.array_equal(read_image(str(tmp_path / 'g.png'), bgr8=True),
                           cv2.imread(str(tmp_path / 'g.png'), cv2.IMREAD_COLOR))
+
+
+def test_max_pixels_refuses_before_decoding(tmp_path, monkeypatch):
+    """read_image(max_pixels=N) reads the header (image_size) and refuses more than N pixels without decoding, naming
+    the file, both sizes and the limit; within the limit it decodes as without one. Before: no limit, and a header
+    above OpenCV's own limit (2^30 pixels) raised a cv2.error naming no file."""
+    import ghostsr_plugin.utils.images as images
+    _png_header_only(tmp_path / 'bomb.png', 100000, 100000)
+    cv2.imwrite(str(tmp_path / 'small.png'), np.zeros((5, 7, 3), np.uint8))
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(images.cv2, 'imdecode', lambda buf, flags: decoded.append(1) or real(buf, flags))
+    with pytest.raises(ValueError, match=f'^{tmp_path / "bomb.png"}: 100000x100000 = 10,000,000,000 pixels, more '
+                       'than the limit of 268,435,456; not decoded'):
+        read_image(str(tmp_path / 'bomb.png'), max_pixels=16384 * 16384)
+    with pytest.raises(ValueError, match='7x5 = 35 pixels, more than the limit of 34'):
+        read_image(str(tmp_path / 'small.png'), max_pixels=34)
+    assert decoded == []
+    assert read_image(str(tmp_path / 'small.png'), max_pixels=35).shape == (5, 7, 3)
+    data = (tmp_path / 'bomb.png').read_bytes()
+    idat = zlib.compress(bytes(300001))  # one row: OpenCV checks its own limit when it starts on the pixels
+    (tmp_path / 'bomb.png').write_bytes(data[:-12] + struct.pack('>I', len(idat)) + b'IDAT' + idat +
+                                        struct.pack('>I', zlib.crc32(b'IDAT' + idat) & 0xffffffff) + data[-12:])
+    with pytest.raises(ValueError, match=r'bomb.png: not a readable PNG image \(OpenCV refused it: '):
+        read_image(str(tmp_path / 'bomb.png'))  # no limit of ours: OpenCV's, as one error naming the file
+
+
+def test_write_image_on_a_full_disk(tmp_path, full_disk):
+    """write_image (upscale's outputs, BasicSR's validation images through the plugin) on a full disk (simulated:
+    the atomic writer's file takes 100 bytes, then ENOSPC): NoSpaceLeftError naming the folder, the image that was
+    there intact, no zero-byte or temporary file."""
+    from ghostsr_plugin.utils.atomic import NoSpaceLeftError
+    from ghostsr_plugin.utils.images import write_image
+    target = tmp_path / 'out' / 'a.png'
+    target.parent.mkdir()
+    cv2.imwrite(str(target), np.zeros((4, 4), np.uint8))
+    before = target.read_bytes()
+    with pytest.raises(NoSpaceLeftError, match=f'^no space left on {target.parent} while writing a.png'):
+        write_image(str(target), np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert target.read_bytes() == before and os.listdir(target.parent) == ['a.png'] and full_disk

@@ -2,9 +2,14 @@
 and a Python config loads the integration through custom_imports and builds ``type='GhostEDSR'``; every arch the
 plugin registers into BasicSR is in the ``ghostsr_plugin`` model registry (new ones too); GhostScheduleHook gives, at
 every iteration, the same τ, noise scale, epoch and drawn offsets as GhostSRModel; a tiny Runner loop built from
-options/mmengine_GhostEDSR_x2.py trains a Ghost network on generated data."""
+options/mmengine_GhostEDSR_x2.py trains a Ghost network on generated data; the Runner's checkpoint loading
+(``load_from``, ``resume``, ``load_checkpoint``) is weights-only even with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+(issue 18, item 9): a hostile pickle is refused with its file named and runs nothing, and the Runner still resumes
+its own checkpoints."""
 import copy
+import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -13,11 +18,13 @@ import torch
 
 import ghostsr_plugin  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY
+from ghostsr_plugin.utils.checkpoint import CheckpointError
 from ghostsr_plugin.integrations import mmengine as gm
 from ghostsr_plugin.ops.ghost_conv import ghost_layers
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, 'options', 'mmengine_GhostEDSR_x2.py')
@@ -190,3 +197,101 @@ def test_runner_trains_a_ghost_network_from_the_example_config(tmp_path):
 def test_hook_refuses_a_bad_epoch_length():
     with pytest.raises(ValueError, match='positive integer or None'):
         gm.GhostScheduleHook(iters_per_epoch=0)
+
+
+def _example_cfg(tmp_path, max_iters, **extra):
+    """options/mmengine_GhostEDSR_x2.py cut down: a tiny network, generated data, a checkpoint every 2 iterations."""
+    cfg = Config.fromfile(EXAMPLE)
+    cfg.model.network.update(num_feat=8, num_block=1)
+    cfg.work_dir = str(tmp_path / 'work_dir')
+    cfg.train_dataloader.update(num_workers=0, persistent_workers=False, batch_size=2)
+    cfg.train_dataloader['dataset'] = dict(type='SyntheticSRDataset', num_images=4, size=16, scale=2)
+    cfg.train_cfg.max_iters = max_iters
+    cfg.param_scheduler[0].T_max = 4
+    cfg.default_hooks.checkpoint.interval = 2
+    cfg.experiment_name = f'weights_only_{next(_RUNS)}'  # MMEngine's default (the time) repeats within a second
+    cfg.update(extra)
+    return cfg
+
+
+_RUNS = itertools.count()
+
+
+@pytest.fixture
+def unsafe_environment(monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: torch.load without an explicit weights_only unpickles anything."""
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+def _hostile_checkpoint(tmp_path, marker):
+    from hardening_helpers import Hostile
+    path = tmp_path / 'hostile.pth'
+    torch.save({'meta': Hostile(marker), 'state_dict': {}}, path)
+    return str(path)
+
+
+def test_mmengine_own_loader_would_run_it(tmp_path, unsafe_environment):
+    """The control: MMEngine's own local loader (mmengine.runner.checkpoint.load_from_local, what the Runner used
+    before) runs the planted pickle under the variable, so a missing marker below means the plugin's loader stopped
+    it."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint
+    marker = tmp_path / 'control_marker'
+    with pytest.warns(UserWarning, match='TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'):
+        mmengine_checkpoint.load_from_local(_hostile_checkpoint(tmp_path, marker), 'cpu')
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('how', ['load_from', 'resume', 'load_checkpoint'])
+def test_runner_refuses_a_hostile_checkpoint_whatever_the_environment(tmp_path, unsafe_environment, how):
+    """With TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: the Runner's load_from, resume (load_from + resume=True) and
+    load_checkpoint read the file weights-only; the error names the file and says nothing ran; no marker."""
+    marker = tmp_path / 'marker'
+    path = _hostile_checkpoint(tmp_path, marker)
+    assert CheckpointLoader._get_checkpoint_loader(path) is gm.load_from_local_weights_only
+    extra = {} if how == 'load_checkpoint' else dict(load_from=path, resume=how == 'resume')
+    runner = Runner.from_cfg(_example_cfg(tmp_path, 1, **extra))
+    with pytest.raises(CheckpointError) as err:
+        runner.load_checkpoint(path) if how == 'load_checkpoint' else runner.train()
+    assert re.match(rf'{re.escape(path)} was not loaded: it refers to (posix|nt|os)\.system,', str(err.value))
+    assert 'nothing in it ran' in str(err.value)
+    assert not marker.exists()
+
+
+def test_a_getattr_other_than_history_buffer_statistics_is_refused(tmp_path, unsafe_environment):
+    """The one getattr an MMEngine checkpoint needs (HistoryBuffer's statistics methods) is all that is allowed."""
+    from mmengine.logging import HistoryBuffer
+
+    class Sneaky:
+        def __reduce__(self):
+            return getattr, (HistoryBuffer, 'update')
+
+    path = tmp_path / 'sneaky.pth'
+    torch.save({'meta': Sneaky()}, path)
+    with pytest.raises(CheckpointError, match=f'{path} was not loaded: it refers to builtins.getattr'):
+        gm.load_from_local_weights_only(str(path), 'cpu')
+
+
+def test_runner_resumes_its_own_checkpoint_weights_only(tmp_path, unsafe_environment):
+    """A Runner's own checkpoint (message hub with HistoryBuffers and numpy arrays, optimizer, scheduler) resumes
+    and loads weights-only under the variable; the types allowed for it are allowed during that load only."""
+    Runner.from_cfg(_example_cfg(tmp_path, 2)).train()
+    saved = tmp_path / 'work_dir' / 'iter_2.pth'
+    assert saved.is_file()
+    before = list(torch.serialization.get_safe_globals())
+    runner = Runner.from_cfg(_example_cfg(tmp_path, 4, resume=True))
+    runner.train()
+    assert runner.iter == 4 and int(runner.model.network.ghost_schedule.iteration) == 4
+    assert len(runner.message_hub.get_scalar('train/loss').data[0]) == 4  # the two resumed losses and two new ones
+    checkpoint = Runner.from_cfg(_example_cfg(tmp_path / 'other', 1)).load_checkpoint(str(saved))
+    assert checkpoint['meta']['iter'] == 2
+    assert list(torch.serialization.get_safe_globals()) == before
+
+
+def test_other_schemes_refuse_to_load_under_the_variable(unsafe_environment):
+    """A URL (or open-mmlab://, s3://, ...) would go through MMEngine's torch.load without weights_only: refused while
+    the variable is set, before anything is downloaded, with the address named."""
+    url = 'https://example.invalid/ghost.pth'
+    with pytest.raises(ValueError, match=f'{url}: not loaded: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set'):
+        CheckpointLoader.load_checkpoint(url, 'cpu')
+    assert all(getattr(loader, 'ghostsr_weights_only', False) or loader is gm.load_from_local_weights_only
+               for loader in CheckpointLoader._schemes.values())

@@ -1,7 +1,8 @@
 """``deploy.tiling``: tiled inference equals the untiled one when the tile margin covers the receptive field (EDSR
 and GhostEDSR with a moving shift) and differs without a margin; the tiles cover the image exactly once; grey,
 BGR/RGBA and 16-bit images round-trip with their kind, channel order, alpha (network or bicubic) and bit depth;
-bad tile options name the option and what is allowed."""
+bad tile options name the option and what is allowed; with tiles the network sees and returns one tile at a time and
+no float image of the output's size is held."""
 import cv2
 import numpy as np
 import pytest
@@ -85,6 +86,43 @@ def test_rgba_keeps_its_alpha_upscaled_by_the_network_or_bicubic():
     expected = cv2.resize(img[:, :, 3].astype(np.float32) / 255, (10, 12), interpolation=cv2.INTER_CUBIC)
     assert np.array_equal(bicubic[:, :, 3], np.round(np.clip(expected, 0, 1) * 255).astype(np.uint8))
     assert not np.array_equal(bicubic[:, :, 3], out[:, :, 3])
+
+
+class Recorder(nn.Module):
+    """x4 nearest upsampling that records the largest tensor it is called with and the largest it returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest_in = self.largest_out = 0
+
+    def forward(self, x):
+        y = F.interpolate(x, scale_factor=4, mode='nearest')
+        self.largest_in, self.largest_out = max(self.largest_in, x.numel()), max(self.largest_out, y.numel())
+        return y
+
+
+@pytest.mark.parametrize('channels', [1, 3, 4])
+@pytest.mark.parametrize('depth', [8, 16])
+def test_tiles_bound_the_device_and_no_float_output_is_held(channels, depth):
+    """With --tile the network (the device) sees one padded tile at a time and returns one tile's output, and the
+    output image is assembled tile by tile in its own 8/16-bit type: besides the output itself, the CPU holds less
+    than half of one float32 RGB image of the output's size (numpy allocations, traced). Before: enhance built the
+    whole output as a float tensor, then as float numpy copies (3-4 float images of the output's size)."""
+    import tracemalloc
+    img = smooth_image((64, 64), channels=channels)
+    img = img.astype(np.uint16) * 257 + 1 if depth == 16 else img
+    net = Recorder()
+    upscaler = Upscaler(net, 4, 'cpu', tile=16, tile_pad=2)
+    tracemalloc.start()
+    try:
+        out = upscaler.enhance(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = img.repeat(4, axis=0).repeat(4, axis=1)
+    assert out.dtype == img.dtype and np.array_equal(out, expected)  # nearest: the tiles are seamless
+    assert net.largest_in == 3 * 20 * 20 and net.largest_out == 3 * 80 * 80  # a 16 px tile + 2 px of margin
+    assert peak - out.nbytes < 256 * 256 * 3 * 4 / 2
 
 
 @pytest.mark.parametrize('tile, pad, message', [

@@ -3,7 +3,8 @@ ghostsr_plugin.pipeline.training) and through BasicSR's own, unmodified train.py
 
 Proves: every Ghost arch trains and validates (PSNR/SSIM logged) from disk and LMDB data; BasicSR's train.py finds
 the Ghost archs through the installed autoload hook alone; --auto_resume continues the run and its Gumbel schedule;
-a user's option file with only `type` changed works under plain SRModel.
+a user's option file with only `type` changed works under plain SRModel; a second run with the name of a running one
+is refused and the running one finishes in its own folder (the experiment lock, ghostsr_plugin/pipeline/lock.py).
 """
 import glob
 import os
@@ -42,6 +43,8 @@ def _log(root, name):
 @pytest.mark.parametrize('arch', sorted(TINY_NETS))
 @pytest.mark.parametrize('entry,backend', [('plugin', 'disk'), ('basicsr', 'lmdb')])
 def test_ghost_arch_trains(arch, entry, backend, tiny_data, tmp_path):
+    """Each Ghost arch trains 4 iterations and validates (PSNR/SSIM in the log, the schedule at iteration 4),
+    through the plugin from disk data and through BasicSR's own train.py from LMDB data."""
     name = f'test_{arch}_{entry}_{backend}_{os.getpid()}'
     opt_path = write_options(train_options(name, TINY_NETS[arch], tiny_data, backend=backend), tmp_path)
     if entry == 'plugin':
@@ -131,6 +134,8 @@ def test_autoload_hook(tmp_path):
     ({'ghost': {'iters_per_epch': 3}}, 'ghost: unknown option(s) iters_per_epch; allowed: iters_per_epoch'),
 ])
 def test_bad_options_fail_clearly(change, message, tiny_data, tmp_path):
+    """A bad option stops `ghostsr train` (a real process) with one line naming it, exit code 2, and no
+    experiments/ folder made."""
     opt = train_options('bad', dict(TINY_NETS['GhostEDSR']), tiny_data)
     for key, value in change.items():
         *parents, leaf = key.split('.')
@@ -146,6 +151,7 @@ def test_bad_options_fail_clearly(change, message, tiny_data, tmp_path):
 
 
 def test_unreadable_validation_image(tiny_data, tmp_path):
+    """An undecodable validation image is named before any folder is made."""
     broken = tmp_path / 'broken_hr'
     shutil.copytree(tiny_data['hr'], broken)
     (broken / 'img0.png').write_bytes(b'not a png')
@@ -223,6 +229,8 @@ def _test_options(name, checkpoint, data):
 
 @pytest.mark.parametrize('entry', ['plugin', 'basicsr'])
 def test_ghost_net_tests_with_metrics(entry, tiny_data, tmp_path):
+    """A Ghost net tests with PSNR/SSIM and saved images (save_img with suffix: ~) through the plugin and through
+    BasicSR's own test.py."""
     import yaml
     torch.manual_seed(0)
     checkpoint = tmp_path / 'ghost.pth'
@@ -246,3 +254,48 @@ def test_ghost_net_tests_with_metrics(entry, tiny_data, tmp_path):
         assert len(glob.glob(os.path.join(root, 'results', name, 'visualization', 'tiny', '*.png'))) == 6
     finally:
         shutil.rmtree(os.path.join(root, 'results', name), ignore_errors=True)
+
+
+def test_second_run_with_the_same_name_is_refused(tiny_data, tmp_path):
+    """Issue 18 item 7, with real processes. Before: a second `ghostsr train` with the name of a running one renamed
+    the running one's folder to <name>_archived_<time> and both wrote into one new folder. Now the second is
+    refused (one line naming the folder and the first run's process id, exit code 2) while the first one, held
+    just after BasicSR made its folder, goes on and finishes in its own folder, which nothing archived."""
+    import subprocess
+    import sys
+    import time
+    opt_path = write_options(train_options('same', TINY_NETS['GhostEDSR'], tiny_data, total_iter=2), tmp_path)
+    first_script = ('import os, sys, time\n'
+                    'import ghostsr_plugin\n'
+                    'import basicsr.train as bt\n'
+                    'build = bt.build_model\n'
+                    'def held(opt):  # the experiment folder is made: wait here until the test says go\n'
+                    '    deadline = time.time() + 300\n'
+                    '    while not os.path.exists("go") and time.time() < deadline:\n'
+                    '        time.sleep(0.05)\n'
+                    '    return build(opt)\n'
+                    'bt.build_model = held\n'
+                    'from ghostsr_plugin.cli import main\n'
+                    f'sys.exit(main(["train", "-opt", {opt_path!r}]))\n')
+    first = subprocess.Popen([sys.executable, '-c', first_script], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    lock, log_glob = tmp_path / 'experiments' / 'same.lock', str(tmp_path / 'experiments' / 'same' / 'train_*.log')
+    try:
+        deadline = time.time() + 300
+        while not (lock.exists() and glob.glob(log_glob)) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert lock.exists() and first.poll() is None, first.communicate()[1][-3000:] if first.poll() else 'timeout'
+        second = run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', opt_path], cwd=tmp_path)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr == (f'ghostsr train: error: experiments/same is in use by process {first.pid} (ghostsr '
+                                 f'train -opt {opt_path}): another run with this name is writing it (lock '
+                                 'experiments/same.lock); wait for it to end or use another name (if no run is using '
+                                 'it, remove the lock file)\n')
+        assert 'Disable distributed' not in second.stdout
+    finally:
+        (tmp_path / 'go').touch()
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert sorted(os.listdir(tmp_path / 'experiments')) == ['same']  # nothing archived, the lock removed
+    psnr, _ = _metrics(_log(tmp_path, 'same'))
+    assert psnr and len(glob.glob(log_glob)) == 1

@@ -16,18 +16,16 @@ def plain_network(model=None, opt=None, arch=None, arch_args='{}', network_key='
                   param_key='params', trace_size=16):
     """(plain net with its weights, its BasicSR options, trace size, source name) of a checkpoint spandrel
     identifies (``model``), an option file's network (``opt``) or a registered ``arch``, with ``pretrained``."""
-    import ghostsr_plugin  # noqa: F401  (registers the archs)
-    from basicsr.archs import build_network
-    from ghostsr_plugin.archs.build import load_weights, network_spec
+    from ghostsr_plugin.archs.build import build_network_spec, load_weights, network_spec
     if model:
         from ghostsr_plugin.compress.spandrel_io import load_model, network_options, size_for_trace
         descriptor = load_model(model)
         opts = network_options(descriptor)
         return descriptor.model.float(), opts, size_for_trace(descriptor, trace_size), descriptor.architecture.id
-    opts, _ = network_spec(opt, network_key, arch, arch_args)
+    opts, source = network_spec(opt, network_key, arch, arch_args)
     if opts['type'] == 'Ghost':
         raise UserInputError(f'{opt}: network {network_key} is already type Ghost; give the plain network')
-    net = build_network(copy.deepcopy(opts))
+    net = build_network_spec(copy.deepcopy(opts), source)
     if pretrained:
         load_weights(net, pretrained, param_key)
     return net, opts, trace_size, opts['type']

@@ -3,7 +3,7 @@ architecture of a checkpoint, and rebuild the same network from BasicSR options 
 
 spandrel is imported only here, lazily; without it the functions raise an ImportError saying how to install it.
 Checkpoints are read with ``weights_only=True`` (:func:`ghostsr_plugin.utils.checkpoint.load_checkpoint`) and handed
-to spandrel's registry as a state dict.
+to spandrel's registry as a state dict; a malformed ``.safetensors`` file is one error naming it.
 """
 import importlib
 import inspect
@@ -11,6 +11,7 @@ import inspect
 from torch import nn
 
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
+from ghostsr_plugin.utils.errors import UserInputError
 
 __all__ = ['require_spandrel', 'load_model', 'network_options', 'build_spandrel_net', 'size_for_trace']
 
@@ -29,11 +30,7 @@ def load_model(path):
     """spandrel's model descriptor of checkpoint ``path`` (architecture detected from the state dict)."""
     spandrel = require_spandrel()
     if str(path).lower().endswith('.safetensors'):  # a format that holds tensors only
-        import os
-        from safetensors.torch import load_file
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'checkpoint not found: {path}')
-        state = load_file(path, device='cpu')
+        state = _load_safetensors(path)
     else:
         state = load_checkpoint(path, 'params_ema')  # weights_only; BasicSR wrappers unwrapped, bare dicts as is
     try:
@@ -42,6 +39,20 @@ def load_model(path):
         known = ', '.join(sorted(a.architecture.id for a in spandrel.MAIN_REGISTRY.architectures()))
         raise ValueError(f'{path}: spandrel {spandrel.__version__} cannot identify the architecture of this checkpoint '
                          f'(it identifies: {known})') from err
+
+
+def _load_safetensors(path):
+    """The tensors of a ``.safetensors`` file; a malformed one (bad header, truncated data, not safetensors at all) is
+    a UserInputError naming the file."""
+    import os
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return load_file(path, device='cpu')
+    except (SafetensorError, ValueError, OSError, RuntimeError) as err:  # the Rust reader's errors, torch's
+        raise UserInputError(f'{path}: not a readable .safetensors file ({err})') from None
 
 
 def _arch_classes(arch):

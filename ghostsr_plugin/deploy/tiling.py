@@ -12,10 +12,13 @@ Tiles (``tile`` > 0, ``tile_pad`` pixels of margin): the LR image is cut into ``
 with ``tile_pad`` real neighbouring pixels on every side that has any (the image border gets the network's own
 zero padding, as untiled), and the margin's share of the output is cropped off before the piece is placed. With a
 margin at least the network's receptive-field radius the result is the untiled one up to float rounding; smaller
-margins differ near tile seams (measured in the README). The output is assembled on the CPU, so device memory is
-bounded by one padded tile.
+margins differ near tile seams (measured in the README). The output is assembled on the CPU, tile by tile, in the
+image's own type (uint8 / uint16): device memory is bounded by one padded tile, and no float copy of the whole
+output is held, on the device or on the CPU (but the one alpha plane ``'bicubic'`` resizes).
 
-:func:`upscale_files` runs an Upscaler over a list of files and writes the outputs atomically.
+:func:`upscale_files` runs an Upscaler over a list of files and writes the outputs atomically; a file that cannot be
+decoded, or whose header declares more pixels than the limit (default :data:`ghostsr_plugin.utils.images.MAX_PIXELS`,
+16384 x 16384; checked before decoding), is named and skipped.
 """
 import os
 import sys
@@ -24,8 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ghostsr_plugin.utils.images import list_inputs, output_extension, read_image, write_image
 from ghostsr_plugin.measure.complexity import forward_kwargs
+from ghostsr_plugin.utils.atomic import NoSpaceLeftError, make_folder
+from ghostsr_plugin.utils.images import MAX_PIXELS, list_inputs, output_extension, read_image, write_image
 from ghostsr_plugin.utils.errors import UserInputError
 
 __all__ = ['ALPHA_UPSAMPLERS', 'Upscaler', 'check_tiling', 'resolve_device', 'tile_boxes', 'upscale_files',
@@ -119,73 +123,97 @@ class Upscaler:
 
     def _forward(self, lq):
         with torch.inference_mode():
-            out = self.net(lq.to(self.device, self.dtype), **self.kwargs).float().cpu()
+            out = self.net(lq.to(self.device, self.dtype), **self.kwargs).cpu().float()
         expected = (lq.shape[2] * self.scale, lq.shape[3] * self.scale)
         if tuple(out.shape[2:]) != expected:
             raise UserInputError(f'the network made {tuple(out.shape[2:])} from {tuple(lq.shape[2:])}, not '
                                  f'x{self.scale} {expected}: is "scale" of the option file the network\'s scale?')
         return out
 
-    def run(self, lq):
-        """SR of an RGB float tensor ``[1, 3, h, w]`` (CPU) -> ``[1, 3, h·s, w·s]`` (CPU), tiled when asked."""
+    def tiles(self, lq):
+        """For each tile of an RGB float tensor ``[1, 3, h, w]`` (CPU): its box ``(y0, y1, x0, x1)`` in output pixels
+        and the network's output there (CPU float ``[1, 3, y1 - y0, x1 - x0]``, the margin cropped off). One tile
+        (the whole image) when tiles are off or the image fits one; the device holds one padded tile at a time."""
         h, w = lq.shape[2:]
-        if not self.tile or (h <= self.tile and w <= self.tile):
-            return self._forward(lq)
         s, pad = self.scale, self.tile_pad
-        out = lq.new_zeros(lq.shape[0], lq.shape[1], h * s, w * s)
+        if not self.tile or (h <= self.tile and w <= self.tile):
+            yield (0, h * s, 0, w * s), self._forward(lq)
+            return
         boxes = tile_boxes(h, w, self.tile)
         for y0, y1, x0, x1 in tqdm(boxes, desc='tiles', unit='tile', leave=False, disable=not self.progress):
             py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)
             sr = self._forward(lq[:, :, py0:min(y1 + pad, h), px0:min(x1 + pad, w)])
             top, left = (y0 - py0) * s, (x0 - px0) * s
-            out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = sr[:, :, top:top + (y1 - y0) * s, left:left + (x1 - x0) * s]
+            yield (y0 * s, y1 * s, x0 * s, x1 * s), sr[:, :, top:top + (y1 - y0) * s, left:left + (x1 - x0) * s]
+
+    def run(self, lq):
+        """SR of an RGB float tensor ``[1, 3, h, w]`` (CPU) -> ``[1, 3, h·s, w·s]`` (CPU float), tiled when asked.
+        :meth:`enhance` does not hold this float output: it rounds each tile into the output image as it comes."""
+        h, w = lq.shape[2:]
+        out = lq.new_zeros(lq.shape[0], lq.shape[1], h * self.scale, w * self.scale)
+        for (y0, y1, x0, x1), sr in self.tiles(lq):
+            out[:, :, y0:y1, x0:x1] = sr
         return out
 
-    def _upscale_bgr(self, img):
-        """float32 BGR [0, 1] -> float32 BGR [0, 1] (clamped), ``scale`` times larger."""
-        from basicsr.utils import img2tensor, tensor2img
-        out = self.run(img2tensor(img, bgr2rgb=True, float32=True).unsqueeze(0))
-        return tensor2img(out, rgb2bgr=True, out_type=np.float32, min_max=(0, 1))
+    def _upscale_into(self, bgr, out, grey=False):
+        """Upscale ``bgr`` (float32 BGR in [0, 1], H x W x 3) into ``out`` (uint8 / uint16, H·s x W·s x 3, or
+        H·s x W·s with ``grey``: the luma of the output), tile by tile: each tile is clamped to [0, 1], turned back
+        to BGR (and grey), scaled to ``out``'s range and rounded as it arrives, so no float image of the output's
+        size is ever held, on the device or here."""
+        import cv2
+        max_value = float(np.iinfo(out.dtype).max)
+        lq = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))).unsqueeze(0)  # RGB
+        for (y0, y1, x0, x1), sr in self.tiles(lq):
+            tile = np.ascontiguousarray(np.clip(sr[0].numpy().transpose(1, 2, 0)[:, :, ::-1], 0, 1))  # BGR
+            if grey:
+                tile = np.clip(cv2.cvtColor(tile, cv2.COLOR_BGR2GRAY), 0, 1)
+            out[y0:y1, x0:x1] = np.round(tile * max_value)
 
     def enhance(self, img):
         """Upscale a numpy image (grey ``H x W``, BGR or BGRA; uint8 or uint16): the same kind, ``scale`` times
-        larger."""
+        larger. The output is assembled tile by tile in its own integer type (see :meth:`_upscale_into`)."""
         import cv2
         if img.dtype not in (np.uint8, np.uint16):
             raise UserInputError(f'{img.dtype} images are not supported (allowed: uint8, uint16)')
         max_value = float(np.iinfo(img.dtype).max)
         x = img.astype(np.float32) / max_value
+        s = self.scale
+        out = np.empty((img.shape[0] * s, img.shape[1] * s, *img.shape[2:]), img.dtype)
         if x.ndim == 2:
-            out = cv2.cvtColor(self._upscale_bgr(cv2.cvtColor(x, cv2.COLOR_GRAY2BGR)), cv2.COLOR_BGR2GRAY)
-        else:
-            out = self._upscale_bgr(np.ascontiguousarray(x[:, :, :3]))
-            if x.shape[2] == 4:
-                alpha = x[:, :, 3]
-                if self.alpha_upsampler == 'network':
-                    alpha = cv2.cvtColor(self._upscale_bgr(cv2.cvtColor(alpha, cv2.COLOR_GRAY2BGR)),
-                                         cv2.COLOR_BGR2GRAY)
-                else:
-                    alpha = cv2.resize(alpha, out.shape[1::-1], interpolation=cv2.INTER_CUBIC)
-                out = np.dstack([out, alpha])
-        return np.round(np.clip(out, 0, 1) * max_value).astype(img.dtype)
+            self._upscale_into(cv2.cvtColor(x, cv2.COLOR_GRAY2BGR), out, grey=True)
+            return out
+        self._upscale_into(x[:, :, :3], out[:, :, :3])
+        if x.shape[2] == 4:
+            alpha = x[:, :, 3]
+            if self.alpha_upsampler == 'network':
+                self._upscale_into(cv2.cvtColor(alpha, cv2.COLOR_GRAY2BGR), out[:, :, 3], grey=True)
+            else:  # one float plane of the output's size, on the CPU
+                alpha = cv2.resize(alpha, out.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+                out[:, :, 3] = np.round(np.clip(alpha, 0, 1) * max_value)
+        return out
 
 
-def upscale_files(upscaler, files, out_dir, ext='auto', suffix='', progress=True):
+def upscale_files(upscaler, files, out_dir, ext='auto', suffix='', progress=True, max_pixels=MAX_PIXELS):
     """Upscale every file of ``files`` into ``out_dir`` as ``<stem>[_<suffix>].<ext>``, written atomically.
 
-    A file that cannot be read is reported and skipped; the rest are still done. Returns (written paths, notes,
-    skipped ``(path, reason)`` pairs).
+    A file that cannot be read (missing, empty, truncated, not an image, refused by OpenCV) or whose header declares
+    more than ``max_pixels`` pixels (checked before decoding; None or 0: no limit) is reported and skipped; the rest
+    are still done. An output folder that cannot be made or written is an error naming it; a full disk is
+    :class:`ghostsr_plugin.utils.atomic.NoSpaceLeftError`. Returns (written paths, notes, skipped ``(path,
+    reason)`` pairs).
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f'-o {out_dir}: exists and is not a folder (give a folder for the outputs)')
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise PermissionError(f'-o {out_dir}: the output folder is not writable')
     written, notes, skipped = [], [], []
     for path in tqdm(files, desc='upscale', unit='image', disable=not progress or len(files) < 2):
         try:
-            img = read_image(path)
+            img = read_image(path, max_pixels=max_pixels)
         except (UserInputError, OSError) as err:
+            if isinstance(err, NoSpaceLeftError):
+                raise
             skipped.append((path, str(err)))
             continue
         out_ext, note = output_extension(ext, path, img.ndim == 3 and img.shape[2] == 4)
@@ -201,13 +229,15 @@ def upscale_files(upscaler, files, out_dir, ext='auto', suffix='', progress=True
 
 def upscale_folder(input_path, output, opt, ckpt=None, param_key=None, network_key='network_g', device='auto', tile=0,
                    tile_pad=10, half=False, alpha_upsampler='network', ext='auto', suffix=None, log=print,
-                   warn=None):
+                   warn=None, max_pixels=MAX_PIXELS):
     """The ``upscale`` command: every image of ``input_path`` (a file or a folder) upscaled by the network of option
-    file ``opt`` into the folder ``output``; an image that fails is skipped and named, the others are done. Progress
-    and the summary go to ``log``, notes and skipped files to ``warn`` (default: stderr). Returns (written paths,
-    skipped (path, reason) pairs)."""
+    file ``opt`` into the folder ``output``; an image that fails to be read, or declares more than ``max_pixels``
+    pixels (0 or None: no limit), is skipped and named, the others are done. Progress and the summary go to ``log``,
+    notes and skipped files to ``warn`` (default: stderr). Returns (written paths, skipped (path, reason) pairs)."""
     warn = warn or (lambda line: print(line, file=sys.stderr))
     check_tiling(tile, tile_pad)  # before the network is built
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
+        raise UserInputError(f'--max-pixels {max_pixels!r}: allowed a number of pixels >= 1, or 0 for no limit')
     files = list_inputs(input_path)
     upscaler = Upscaler.from_options(opt, ckpt, param_key, network_key, device=device,
                                      tile=tile, tile_pad=tile_pad, half=half,
@@ -215,11 +245,10 @@ def upscale_folder(input_path, output, opt, ckpt=None, param_key=None, network_k
     suffix = f'x{upscaler.scale}' if suffix is None else suffix
     log(f'upscale: {len(files)} file(s), x{upscaler.scale} on {upscaler.device}'
         f'{", float16" if half else ""}{f", tiles {tile} + pad {tile_pad}" if tile else ""}')
-    written, notes, skipped = upscale_files(upscaler, files, output, ext, suffix)
+    written, notes, skipped = upscale_files(upscaler, files, output, ext, suffix, max_pixels=max_pixels)
     for note in notes:
         warn(f'upscale: note: {note}')
     for path, reason in skipped:
         warn(f'upscale: skipped: {reason}' if path in reason else f'upscale: skipped {path}: {reason}')
     log(f'upscale: {len(written)} written to {output}, {len(skipped)} skipped')
     return written, skipped
-

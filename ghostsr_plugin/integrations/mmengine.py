@@ -19,26 +19,41 @@ Loaded on demand (``import ghostsr_plugin`` does not import mmengine), e.g. from
   GhostSRModel's. It logs ``gumbel_tau``, ``gumbel_noise``, ``gumbel_epoch`` and ``ghost_moved``.
 * :data:`DATASETS`: :class:`BasicSRDataset` (any BasicSR dataset, e.g. ``PairedImageDataset``) and
   :class:`SyntheticSRDataset` (generated pairs, for smoke tests).
+* Checkpoints (:func:`install_weights_only_checkpoints`, run at import): the Runner's ``load_from`` / ``resume`` /
+  ``load_checkpoint`` read a local file with ``torch.load(weights_only=True)`` through
+  :func:`ghostsr_plugin.utils.checkpoint.torch_load`, whatever the environment says
+  (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` included): a pickle that would import a function is refused with the
+  file's name and nothing in it runs. The few types MMEngine itself saves (its message hub's ``HistoryBuffer``, numpy
+  arrays and scalars) are allowed during that load only. MMEngine's other schemes (``https://``, ``open-mmlab://``,
+  ``s3://``, ...) load with torch's default (weights-only) and refuse to run while ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+  is set.
 """
+import functools
 import math
+import os
+import pickle
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel, is_model_wrapper
 import mmengine.registry as mmengine_registry
 from mmengine.registry import Registry
+from mmengine.runner.checkpoint import CheckpointLoader
 from torch.utils.data import Dataset
 
 import ghostsr_plugin  # noqa: F401  (registers the archs into BasicSR)
 from basicsr.utils.registry import ARCH_REGISTRY
 from ghostsr_plugin.ops.ghost_conv import ghost_offsets
 from ghostsr_plugin.ops.schedule import GhostSchedule
+from ghostsr_plugin.utils.checkpoint import torch_load
 
 __all__ = [
     'SCOPE', 'REGISTRIES', 'MODELS', 'HOOKS', 'DATASETS', 'plugin_archs', 'register_archs', 'GhostSRMMModel', 'GhostScheduleHook',
-    'BasicSRDataset', 'SyntheticSRDataset'
+    'BasicSRDataset', 'SyntheticSRDataset', 'load_from_local_weights_only', 'install_weights_only_checkpoints'
 ]
 
 SCOPE = 'ghostsr_plugin'  # the package name, as OpenMMLab scopes: mmengine imports <scope>.registry
@@ -67,6 +82,83 @@ def register_archs():
 
 
 register_archs()
+
+
+# Checkpoints: weights-only whatever the environment says. -------------------------------------------------------
+_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')  # HistoryBuffer._set_default_statistics
+
+
+def _history_buffer_statistic(obj, name):
+    """The ``getattr`` an MMEngine checkpoint calls (``HistoryBuffer.__getstate__`` saves its statistics methods, which
+    pickle as ``getattr(HistoryBuffer, 'mean')``), allowed for those methods only: anything else is refused."""
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
+        return getattr(HistoryBuffer, name)
+    what = getattr(obj, '__name__', type(obj).__name__)
+    raise pickle.UnpicklingError(f'Unsupported global: GLOBAL builtins.getattr (allowed for the statistics of '
+                                 f'HistoryBuffer only, not getattr({what}, {name!r}))')
+
+
+_multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+# What MMEngine's own checkpoints hold beyond tensors and plain containers (its message hub), allowed for one load.
+MMENGINE_SAFE_GLOBALS = [
+    HistoryBuffer, np.ndarray, np.dtype,
+    *dict.fromkeys(type(np.dtype(code)) for code in '?bBhHiIlLqQefdgFDG'),  # numeric dtypes (their state is set)
+    (_multiarray._reconstruct, 'numpy._core.multiarray._reconstruct'),
+    (_multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),  # written with numpy 1
+    (_multiarray.scalar, 'numpy._core.multiarray.scalar'),
+    (_multiarray.scalar, 'numpy.core.multiarray.scalar'),
+    (_history_buffer_statistic, 'builtins.getattr'),
+]
+
+
+def _mmengine_globals():
+    """The part of :data:`MMENGINE_SAFE_GLOBALS` not allowed yet (leaving the context removes only what it added)."""
+    allowed = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([item for item in MMENGINE_SAFE_GLOBALS if item not in allowed])
+
+
+def _forced_unsafe():
+    return os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes', 'true')
+
+
+def load_from_local_weights_only(filename, map_location):
+    """MMEngine's local checkpoint scheme, weights-only: :func:`ghostsr_plugin.utils.checkpoint.torch_load` (its
+    ``weights_only=True`` is explicit, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` does not switch it off), one error
+    naming the file for a refused or damaged one."""
+    with _mmengine_globals():
+        return torch_load(os.path.expanduser(filename), 'checkpoint', map_location=map_location)
+
+
+def _weights_only_scheme(loader):
+    """One of MMEngine's other schemes (URLs, ``open-mmlab://``, ``s3://``, ...): they call ``torch.load`` without
+    ``weights_only``, so they run only while torch's default (weights-only) holds."""
+    if getattr(loader, 'ghostsr_weights_only', False):
+        return loader
+
+    @functools.wraps(loader)
+    def load(filename, map_location):
+        if _forced_unsafe():
+            raise ValueError(f'{filename}: not loaded: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, under which MMEngine '
+                             'would read it with weights_only=False (code in it could run); download it and give '
+                             'load_from / resume the local file, which is read weights-only whatever the environment')
+        with _mmengine_globals():
+            return loader(filename, map_location)
+
+    load.ghostsr_weights_only = True
+    return load
+
+
+def install_weights_only_checkpoints():
+    """Make MMEngine's ``CheckpointLoader`` (the Runner's ``load_from``, ``resume``, ``load_checkpoint``) weights-only
+    (idempotent; run at import): local files through :func:`load_from_local_weights_only`, every other registered
+    scheme through a guard that refuses to run under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if prefix != '':
+            CheckpointLoader._schemes[prefix] = _weights_only_scheme(loader)
+
+
+install_weights_only_checkpoints()
 
 
 def _batch(tensors):

@@ -17,7 +17,6 @@ from ghostsr_plugin.archs.twins import teacher_options
 from ghostsr_plugin.ops.ghost_conv import ghost_layers, ghost_offsets
 from ghostsr_plugin.ops.shift import centre_offset
 from ghostsr_plugin.utils.checkpoint import check_state_dict_fits, load_checkpoint
-from ghostsr_plugin.utils.atomic import atomic_torch_save
 from ghostsr_plugin.utils.errors import UserInputError
 
 GHOST_OPTION_KEYS = ('iters_per_epoch', 'log_offsets', 'shift_lr_mult', 'freeze_offsets_at')
@@ -55,8 +54,9 @@ class GhostSRModel(SRModel):
       teacher defaults to ``ghost_init``'s checkpoint in the plain twin of ``network_g``
       (GhostEDSR -> EDSR, ...). Not in the paper; it speeds up recovery after the clustering init.
     * EMA copies the ghost buffers (channel maps) too; validation and the EMA net use hard offsets (eval mode).
-    * Checkpoints and training states are written atomically; a checkpoint that does not fit the network gets an
-      error naming the first key or shape that does not fit.
+    * Checkpoints, training states and validation images are written atomically (as for every BasicSR model once
+      the plugin is imported: :mod:`ghostsr_plugin.models.atomic_saves`); a checkpoint that does not fit the
+      network gets an error naming the first key or shape that does not fit.
     * DDP on CPU (gloo) when num_gpu is 0.
     """
 
@@ -235,16 +235,6 @@ class GhostSRModel(SRModel):
         get_root_logger().info(f'Loading {type(bare).__name__} model from {load_path}, with param key: [{param_key}].')
         bare.load_state_dict(state_dict, strict=strict)
 
-    def save_network(self, net, net_label, current_iter, param_key='params'):
-        nets = net if isinstance(net, list) else [net]
-        keys = param_key if isinstance(param_key, list) else [param_key]
-        save_dict = {}
-        for net_, key in zip(nets, keys):
-            state_dict = self.get_bare_model(net_).state_dict()
-            save_dict[key] = {k.removeprefix('module.'): v.cpu() for k, v in state_dict.items()}
-        iteration = 'latest' if current_iter == -1 else current_iter  # or a label such as 'best'
-        atomic_torch_save(save_dict, os.path.join(self.opt['path']['models'], f'{net_label}_{iteration}.pth'))
-
     def _update_best_metric_result(self, dataset_name, metric, val, current_iter):
         """BasicSR's best-figure log, plus ``val: save_best``: a better figure of the first validation set writes
         ``net_g_best.pth`` and ``best.json`` (atomically; the previous best stays until the new one is complete)."""
@@ -274,23 +264,15 @@ class GhostSRModel(SRModel):
         get_root_logger().info(f'GhostSRModel: best {self.best["dataset"]} {self.best["metric"]} '
                                f'{self.best["value"]:.4f} at iteration {self.best["iter"]}: saved net_g_best.pth')
 
-    @master_only
     def save_training_state(self, epoch, current_iter):
-        if current_iter == -1:
-            return
-        state = {
-            'epoch': epoch,
-            'iter': current_iter,
-            'optimizers': [o.state_dict() for o in self.optimizers],
-            'schedulers': [s.state_dict() for s in self.schedulers],
-            'ghost': {
-                'iters_per_epoch': self.iters_per_epoch,
-                'offsets_frozen_at': self.offsets_frozen_at,
-                'best': self.best,
-                'saved_at': time.time()
-            },
-        }
-        atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+        """BasicSR's training state (written atomically by :mod:`ghostsr_plugin.models.atomic_saves`, rank 0 only)
+        plus ``ghost``: the Gumbel epoch length, the iteration the offsets were frozen at, the best record."""
+        super().save_training_state(epoch, current_iter, ghost={
+            'iters_per_epoch': self.iters_per_epoch,
+            'offsets_frozen_at': self.offsets_frozen_at,
+            'best': self.best,
+            'saved_at': time.time()
+        })
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)

@@ -1,2 +1,3 @@
-"""Runs through BasicSR's own pipelines: the up-front option checks (:mod:`.options`), resuming (:mod:`.resume`),
+"""Runs through BasicSR's own pipelines: the up-front option checks (:mod:`.options`), one run per folder (:mod:`.lock`),
+resuming (:mod:`.resume`),
 training and testing (:mod:`.training`) and the main job (:mod:`.main_job`)."""

@@ -8,6 +8,11 @@ Differences from ``python basicsr/train.py`` / ``test.py``:
   checkpoint the run reads loaded with ``weights_only=True`` and fitted); a rejected run leaves the file system as
   it was, and an error is one line ``ghostsr train: error: ...`` (exit code 2) instead of a traceback after the
   option dump (``GHOSTSR_DEBUG=1``, or BasicSR's ``--debug`` mode, shows the traceback);
+* one run at a time in a folder: once the options pass, the run locks ``experiments/<name>`` (``test``:
+  ``results/<name>``) with ``<folder>.lock`` beside it (:mod:`ghostsr_plugin.pipeline.lock`; rank 0 under DDP),
+  before BasicSR makes, renames or reads anything there; a second run with the same name is refused with one line
+  naming the folder and the running process id, and changes nothing; the lock is removed when the run ends, errors
+  included, and a lock left by a killed run is taken over with a warning;
 * resume states are read with ``weights_only=True``; ``--auto_resume`` skips a damaged newest state (with a warning
   naming it) and resumes on CPU too (:mod:`ghostsr_plugin.pipeline.resume`);
 * at the start of an experiment, temporary files that a killed save left in its ``models/`` and
@@ -18,6 +23,7 @@ Differences from ``python basicsr/train.py`` / ``test.py``:
 * outputs go under the current folder rather than BasicSR's install folder, and glibc's malloc keeps tensors in the
   heap (:mod:`ghostsr_plugin.utils.malloc`; ~27 % faster CPU training steps on a 2-core CPU).
 """
+import contextlib
 import math
 import os
 import sys
@@ -26,12 +32,19 @@ import ghostsr_plugin  # noqa: F401  (registers archs and models; makes basicsr 
 from basicsr import test as basicsr_test
 from basicsr import train as basicsr_train
 from basicsr.utils import get_root_logger
+from ghostsr_plugin.pipeline.lock import FolderLock
 from ghostsr_plugin.pipeline.options import check_checkpoints, check_options_cli, parse_and_check
 from ghostsr_plugin.pipeline.resume import load_resume_state
 from ghostsr_plugin.utils.atomic import remove_temporaries
 from ghostsr_plugin.utils.malloc import tune_malloc
 
-__all__ = ['train', 'test', 'epochs_for']
+__all__ = ['train', 'test', 'epochs_for', 'run_lock']
+
+
+def run_lock(opt, folder, command):
+    """The lock of the run's output ``folder`` (:class:`FolderLock`, ``<folder>.lock``) on rank 0; a context that
+    does nothing on the other ranks of a distributed run (rank 0 alone makes and renames the folders)."""
+    return FolderLock(folder, command) if opt.get('rank', 0) == 0 else contextlib.nullcontext()
 
 
 def train(argv, root_path=None, command='ghostsr train'):
@@ -45,6 +58,7 @@ def train(argv, root_path=None, command='ghostsr train'):
 
     def checked_parse_options(root_path, is_train=True):  # BasicSR's, then every check that reads no experiment file
         opt, args, checked['nets'], checked['printed'] = parse_and_check(parse_options, root_path, is_train)
+        locks.enter_context(run_lock(opt, opt['path']['experiments_root'], command))  # before anything reads it
         return opt, args
 
     def prepare_run(opt):  # in place of BasicSR's load_resume_state, which runs before any folder is made
@@ -64,13 +78,14 @@ def train(argv, root_path=None, command='ghostsr train'):
         return train_loader, train_sampler, val_loaders, total_epochs, total_iters
 
     tune_malloc()  # far fewer page faults per CPU training step (see ghostsr_plugin/utils/malloc.py)
-    basicsr_train.parse_options, basicsr_train.load_resume_state = checked_parse_options, prepare_run
-    basicsr_train.create_train_val_dataloader = loaders_reaching_total_iter
-    try:
-        basicsr_train.train_pipeline(root_path or os.getcwd())
-    finally:
-        basicsr_train.parse_options, basicsr_train.load_resume_state = parse_options, load_state
-        basicsr_train.create_train_val_dataloader = create_loaders
+    with contextlib.ExitStack() as locks:  # the experiment's lock, released however the run ends
+        basicsr_train.parse_options, basicsr_train.load_resume_state = checked_parse_options, prepare_run
+        basicsr_train.create_train_val_dataloader = loaders_reaching_total_iter
+        try:
+            basicsr_train.train_pipeline(root_path or os.getcwd())
+        finally:
+            basicsr_train.parse_options, basicsr_train.load_resume_state = parse_options, load_state
+            basicsr_train.create_train_val_dataloader = create_loaders
 
 
 def epochs_for(total_iters, batches_per_epoch, basicsr_epochs):
@@ -93,13 +108,15 @@ def test(argv, root_path=None, command='ghostsr test'):
 
     def checked_parse_options(root_path, is_train=False):  # BasicSR's, then every check, before results/ is made
         opt, args, nets, printed = parse_and_check(parse_options, root_path, is_train)
+        locks.enter_context(run_lock(opt, opt['path']['results_root'], command))
         check_checkpoints(opt, nets)
         print(printed, end='', flush=True)
         return opt, args
 
     tune_malloc()  # see ghostsr_plugin/utils/malloc.py
-    basicsr_test.parse_options = checked_parse_options
-    try:
-        basicsr_test.test_pipeline(root_path or os.getcwd())
-    finally:
-        basicsr_test.parse_options = parse_options
+    with contextlib.ExitStack() as locks:  # the results folder's lock, released however the run ends
+        basicsr_test.parse_options = checked_parse_options
+        try:
+            basicsr_test.test_pipeline(root_path or os.getcwd())
+        finally:
+            basicsr_test.parse_options = parse_options

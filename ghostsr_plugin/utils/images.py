@@ -3,8 +3,9 @@
 * :func:`read_image` decodes a file as OpenCV does, unchanged (grey, BGR or BGRA; 8 or 16 bits a sample: the
   images a user upscales), or with ``bgr8=True`` as BasicSR's ``imfrombytes`` reads benchmark and training images
   (``cv2.IMREAD_COLOR``: uint8 BGR, 3 channels; grey, RGBA and 16-bit images silently become 8-bit RGB, alpha
-  dropped, 16 bits cut to the high 8). Every error names the file: missing, empty, unknown extension, undecodable,
-  unsupported sample type or channel count.
+  dropped, 16 bits cut to the high 8). Every error names the file: missing, empty, unknown extension, undecodable
+  (OpenCV's own errors included), unsupported sample type or channel count; with ``max_pixels`` an image whose
+  header declares more pixels is refused before any pixel is decoded (a 1 MB PNG can declare 20000 x 20000).
 * :func:`image_size` reads an image's width and height from its header, without decoding the pixels (any number
   of images can be checked; a header declaring a huge image costs nothing).
 * :func:`inspect_image` says which of those conversions an image undergoes, so a set can say so once
@@ -23,9 +24,9 @@ import numpy as np
 from ghostsr_plugin.utils.atomic import write_bytes
 from ghostsr_plugin.utils.errors import UserInputError
 
-__all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_FORMATS', 'ImageInfo', 'PairCheck', 'is_image_name', 'list_inputs',
-           'image_size', 'read_image', 'inspect_image', 'output_extension', 'write_image', 'size_mismatch', 'check_pairs',
-           'conversion_note']
+__all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_FORMATS', 'MAX_PIXELS', 'ImageInfo', 'PairCheck', 'is_image_name',
+           'list_inputs', 'image_size', 'read_image', 'inspect_image', 'output_extension', 'write_image',
+           'size_mismatch', 'check_pairs', 'conversion_note']
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm')
 
@@ -34,6 +35,8 @@ OUTPUT_FORMATS = {'png': (True, True), 'jpg': (False, False), 'webp': (True, Fal
                   'tif': (True, True)}
 _FORMAT_OF_EXTENSION = {'.png': 'png', '.jpg': 'jpg', '.jpeg': 'jpg', '.webp': 'webp', '.bmp': 'bmp', '.tif': 'tif',
                         '.tiff': 'tif'}
+
+MAX_PIXELS = 16384 * 16384  # the default limit of the images a user hands in (268,435,456 pixels)
 
 ImageInfo = namedtuple('ImageInfo', 'height width conversion')  # conversion: None, or e.g. 'grey', '16-bit RGBA'
 PairCheck = namedtuple('PairCheck', 'pairs skipped conversions')  # kept pairs, mismatch messages, {kind: [names]}
@@ -80,11 +83,12 @@ def image_size(path):
     return height, width
 
 
-def read_image(path, bgr8=False):
+def read_image(path, bgr8=False, max_pixels=None):
     """The image at ``path`` as OpenCV decodes it unchanged (grey, BGR or BGRA; uint8 or uint16), or with
-    ``bgr8=True`` as BasicSR reads it (uint8 BGR, ``cv2.IMREAD_COLOR``). Errors name the file: missing, empty, an
-    unknown extension, an undecodable file, a sample type other than 8 or 16 bits, a channel count other than 1, 3
-    or 4."""
+    ``bgr8=True`` as BasicSR reads it (uint8 BGR, ``cv2.IMREAD_COLOR``). Errors (:class:`UserInputError`) name the
+    file: missing, empty, an unknown extension, an undecodable file (corrupt, truncated, or refused by OpenCV), a
+    sample type other than 8 or 16 bits, a channel count other than 1, 3 or 4. ``max_pixels`` (None or 0: no limit
+    but OpenCV's own) refuses an image whose header (:func:`image_size`) declares more pixels, before decoding."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image not found: {path}')
     ext = os.path.splitext(path)[1].lower()
@@ -94,7 +98,20 @@ def read_image(path, bgr8=False):
     kind = ext[1:].upper()
     if os.path.getsize(path) == 0:
         raise UserInputError(f'{path}: not a readable {kind} image (empty file)')
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR if bgr8 else cv2.IMREAD_UNCHANGED)
+    if max_pixels:
+        height, width = image_size(path)
+        if height * width > max_pixels:
+            raise UserInputError(f'{path}: {width}x{height} = {height * width:,} pixels, more than the limit of '
+                                 f'{max_pixels:,}; not decoded (raise the limit to read it)')
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # the error below says it, not OpenCV's warning
+    try:
+        img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR if bgr8 else cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. a header above OpenCV's own pixel limit, or no memory for the pixels
+        reason = getattr(err, 'err', None) or ' '.join(str(err).split()) or 'cv2.error'
+        raise UserInputError(f'{path}: not a readable {kind} image (OpenCV refused it: {reason})') from None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if img is None:
         raise UserInputError(f'{path}: not a readable {kind} image (corrupt, truncated or not an image)')
     if img.dtype not in (np.uint8, np.uint16):
@@ -132,9 +149,11 @@ def output_extension(ext, input_path, has_alpha):
     return ext, None
 
 
-def write_image(path, img):
-    """Encode ``img`` in the format of ``path``'s extension and write it atomically. 16-bit samples go to formats
-    without 16 bits as 8 bits (value / 257, rounded). Returns a note about that conversion, or None."""
+def write_image(path, img, params=None):
+    """Encode ``img`` in the format of ``path``'s extension (with OpenCV's ``params``, as ``cv2.imwrite`` takes
+    them) and write it atomically: a full disk raises :class:`ghostsr_plugin.utils.atomic.NoSpaceLeftError` and
+    leaves no partial or zero-byte file. 16-bit samples go to formats without 16 bits as 8 bits (value / 257,
+    rounded). Returns a note about that conversion, or None."""
     ext = os.path.splitext(path)[1].lower()
     fmt = _FORMAT_OF_EXTENSION.get(ext)
     if fmt is None:
@@ -143,7 +162,7 @@ def write_image(path, img):
     if img.dtype == np.uint16 and not OUTPUT_FORMATS[fmt][1]:
         img = np.round(img / 257.).astype(np.uint8)
         note = f'{os.path.basename(path)}: {fmt.upper()} holds 8 bits a sample, written as 8-bit'
-    ok, data = cv2.imencode(ext, img)
+    ok, data = cv2.imencode(ext, img, [] if params is None else list(params))
     if not ok:
         raise ValueError(f'{path}: OpenCV could not encode a {img.shape} {img.dtype} image as {fmt.upper()}')
     write_bytes(path, data.tobytes())
