@@ -12,7 +12,7 @@ Tiles (``tile`` > 0, ``tile_pad`` pixels of margin): the LR image is cut into ``
 with ``tile_pad`` real neighbouring pixels on every side that has any (the image border gets the network's own
 zero padding, as untiled), and the margin's share of the output is cropped off before the piece is placed. With a
 margin at least the network's receptive-field radius the result is the untiled one up to float rounding; smaller
-margins differ near tile seams (measured in the README). The output is assembled on the CPU, tile by tile, in the
+margins differ near tile seams (measured: docs/results/deploy.md). The output is assembled on the CPU, tile by tile, in the
 image's own type (uint8 / uint16): device memory is bounded by one padded tile, and no float copy of the whole
 output is held, on the device or on the CPU (but the one alpha plane ``'bicubic'`` resizes).
 

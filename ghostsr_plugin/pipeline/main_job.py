@@ -16,9 +16,9 @@ Steps (every one through the plugin's public pieces, training through BasicSR's 
 
 The fine-tune is the recipe of ``tools/ghost_init_experiment.py`` (Adam lr 5e-4 with cosine decay, the ground truth
 plus the CARN_M's own output as targets, offsets starting at "no move") with the paper's Gumbel schedule, and the
-offsets fixed at their argmax W' for the last quarter, as in issue 12's recipe (``options/finetune_GhostCARN_M_x2.yml``):
+offsets fixed at their argmax W' for the last quarter, as in the fine-tune recipe (``options/finetune_GhostCARN_M_x2.yml``):
 late flips between near-tied offsets, which the weights have no steps left to follow, are what that freeze prevents.
-The start stays "no move": at this budget the paper's unbiased start costs PSNR (README, issue 12's runs).
+The start stays "no move": at this budget the paper's unbiased start costs PSNR (docs/results/finetune.md).
 
 Data layout expected under ``--data`` (``../shared/data`` in this project)::
 
@@ -54,7 +54,7 @@ from ghostsr_plugin.utils.malloc import tune_malloc
 
 NEEDED = ('train/T91', 'train/BSD200', 'benchmark/Set5/HR', 'benchmark/Set14/HR', 'weights/carn_m.pth')
 BATCH, LR_PATCH = 16, 48  # §4.1
-FREEZE_OFFSETS_AT = 0.75  # fraction of total_iter, as options/finetune_GhostCARN_M_x2.yml (issue 12)
+FREEZE_OFFSETS_AT = 0.75  # fraction of total_iter, as options/finetune_GhostCARN_M_x2.yml
 
 
 def check_data(data):
@@ -127,7 +127,7 @@ def train_options(name, scale, train_data, data, pretrained, total_iter, meta_pa
         'ghost_init': {'pretrain_path': pretrained, 'param_key': 'params', 'seed': 0, 'init_offset': 'centre',
                        'offset_margin': 3.0},
         'ghost': {'iters_per_epoch': None, 'log_offsets': True, 'freeze_offsets_at': FREEZE_OFFSETS_AT},
-        'distill': {'loss_weight': 1.0},  # the CARN_M as teacher too (see README, "GhostCARN_M from the real ...")
+        'distill': {'loss_weight': 1.0},  # the CARN_M as teacher too (docs/results/ghost-init.md)
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {
             'ema_decay': 0,

@@ -309,7 +309,7 @@ def _check_image_folder(option, folder):
     """The image names of a data folder; an error names a missing or empty folder."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'{option}: folder {folder} does not exist. Expected a folder of images '
-                                '(see README, "Data"; `ghostsr prepare_data` makes one)')
+                                '(see docs/basicsr.md, "Data preparation"; `ghostsr prepare_data` makes one)')
     images = sorted(f for f in os.listdir(folder) if is_image_name(f))
     if not images:
         raise FileNotFoundError(f'{option}: folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
