@@ -50,7 +50,9 @@ class GhostSRModel(SRModel):
     * ``val: save_best: <metric>`` (a metric of ``val: metrics``): keep ``models/net_g_best.pth`` (and
       ``best.json``) of the best validation figure of the first validation set; it survives resuming.
     * ``distill:`` (loss_weight, teacher_path, param_key, network): fine-tune against the pre-trained plain model
-      as well: ``loss_weight * L1(net_g(lq), teacher(lq))`` is added to BasicSR's pixel/perceptual losses. The
+      as well: ``loss_weight * L1(net_g(lq), teacher(lq))`` is added to BasicSR's pixel/perceptual losses. Without
+      ``pixel_opt`` / ``perceptual_opt`` it is the only loss, and the training set needs no ground truth
+      (``LRFolderDataset``: LR patches from any folder of images). The
       teacher defaults to ``ghost_init``'s checkpoint in the plain twin of ``network_g``
       (GhostEDSR -> EDSR, ...). Not in the paper; it speeds up recovery after the clustering init.
     * EMA copies the ghost buffers (channel maps) too; validation and the EMA net use hard offsets (eval mode).
@@ -87,7 +89,21 @@ class GhostSRModel(SRModel):
             self._ghost_init(bare)
         if self.distill_opt:
             self.teacher = self._build_teacher()
-        super().init_training_settings()
+        train_opt = self.opt['train']
+        if self.teacher is None or train_opt.get('pixel_opt') or train_opt.get('perceptual_opt'):
+            super().init_training_settings()
+            return
+        # teacher only (no ground truth, e.g. LRFolderDataset): SRModel's set-up refuses a run without pixel_opt /
+        # perceptual_opt after it has made the EMA copy and the (absent) losses, before the optimizers: finish it here
+        try:
+            super().init_training_settings()
+        except ValueError as err:
+            if 'losses are None' not in str(err):
+                raise
+            self.setup_optimizers()
+            self.setup_schedulers()
+        logger.info('GhostSRModel: no pixel_opt / perceptual_opt: the only loss is l_distill, the L1 distance to the '
+                    'teacher\'s output (no ground truth needed).')
 
     def _iters_per_epoch(self):
         given = self.ghost_opt.get('iters_per_epoch')
@@ -180,12 +196,25 @@ class GhostSRModel(SRModel):
             offsets = ' '.join(f'{k}={v[0]:+d},{v[1]:+d}' for k, v in ghost_offsets(self.net_g_bare()).items())
             get_root_logger().info(f'GhostSRModel: offsets frozen at iteration {current_iter} (argmax W\'): {offsets}')
 
+    def feed_data(self, data):
+        """SRModel's, and for a batch without ground truth (``LRFolderDataset``) with a ``distill:`` teacher, the
+        teacher's output as ``gt``: the training target, and in validation what the metrics compare with (PSNR to
+        ``gt`` is then the fidelity to the original network)."""
+        super().feed_data(data)
+        self.gt_from_teacher = 'gt' not in data and self.teacher is not None
+        if self.gt_from_teacher:
+            with torch.no_grad():
+                self.gt = self.teacher(self.lq)
+
     def _optimize_with_teacher(self):
         """SRModel's step with the distillation term ``l_distill`` added to the configured losses."""
         self.optimizer_g.zero_grad()
         self.output = self.net_g(self.lq)
-        with torch.no_grad():
-            target = self.teacher(self.lq)
+        if getattr(self, 'gt_from_teacher', False):
+            target = self.gt  # the teacher's output, computed in feed_data
+        else:
+            with torch.no_grad():
+                target = self.teacher(self.lq)
         losses = OrderedDict()
         losses['l_distill'] = self.distill_opt.get('loss_weight', 1.0) * (self.output - target).abs().mean()
         if self.cri_pix:

@@ -42,6 +42,7 @@ __all__ = ['check_required', 'check_registered', 'check_run_options', 'check_net
            'check_datasets', 'check_checkpoints', 'check_parsed_options',
            'check_options', 'check_options_cli', 'parse_and_check', 'lmdb_meta_info']
 
+NO_GROUND_TRUTH_DATASETS = ('LRFolderDataset', )  # training sets whose items hold no 'gt'
 MAX_IMAGES_TO_DECODE = 500  # test/val sets up to this many pairs are decoded; every set's sizes are read from headers
 REQUIRED = ('name', 'model_type', 'num_gpu', 'datasets', 'network_g', 'path')
 REQUIRED_TRAIN = ('train', 'logger')
@@ -221,10 +222,27 @@ def _check_train_section(opt, model_cls):
     for key, value in train.items():
         if key.endswith('_opt') and value is not None:
             _check_loss(f'train.{key}', value)
-    if _defined_by(model_cls, 'init_training_settings') in (SRModel, GhostSRModel) and \
-            not (train.get('pixel_opt') or train.get('perceptual_opt')):
+    ground_truth_losses = [key for key in ('pixel_opt', 'perceptual_opt') if train.get(key)]
+    teacher = issubclass(model_cls, GhostSRModel) and bool(opt.get('distill'))
+    for phase, dataset_opt in (opt.get('datasets') or {}).items():
+        if phase != 'train' and (dataset_opt or {}).get('type') in NO_GROUND_TRUTH_DATASETS and not teacher:
+            raise UserInputError(f'datasets.{phase}: {dataset_opt["type"]} has no ground truth; validating on it '
+                                 'needs model_type: GhostSRModel with a distill: teacher (its metrics then measure '
+                                 'the fidelity to the teacher\'s output)')
+    train_set = (opt.get('datasets') or {}).get('train') or {}
+    if train_set.get('type') in NO_GROUND_TRUTH_DATASETS:
+        if ground_truth_losses:
+            raise UserInputError(f'train.{ground_truth_losses[0]}: needs ground truth, which datasets.train '
+                                 f'({train_set["type"]}) does not have; allowed: no pixel_opt / perceptual_opt '
+                                 '(the distill: teacher is the target), or a PairedImageDataset')
+        if not teacher:
+            raise UserInputError(f'datasets.train: {train_set["type"]} has no ground truth; it needs model_type: '
+                                 'GhostSRModel with a distill: teacher (whose output is the target)')
+    if _defined_by(model_cls, 'init_training_settings') in (SRModel, GhostSRModel) and not ground_truth_losses \
+            and not teacher:
         raise UserInputError(f'train: pixel_opt or perceptual_opt is required by {model_cls.__name__} (both are '
-                             'missing), e.g. pixel_opt: {type: L1Loss, loss_weight: 1.0}')
+                             'missing), e.g. pixel_opt: {type: L1Loss, loss_weight: 1.0}; or, with GhostSRModel, a '
+                             'distill: teacher as the only target')
 
 
 def _check_logger(opt):
@@ -446,6 +464,15 @@ def _size(hw):
     return f'{hw[1]}x{hw[0]}'
 
 
+def _build_to_check(option, dataset_opt):
+    """Build a dataset of the plugin's that checks its own folders and image sizes when built (header reads only),
+    its errors prefixed with ``option`` (they start with the option's name)."""
+    try:
+        DATASET_REGISTRY.get(dataset_opt['type'])(dataset_opt)
+    except (UserInputError, FileNotFoundError) as err:
+        raise UserInputError(f'{option}.{err}') from err
+
+
 def _check_train_set(opt, dataset_opt, backend):
     """The training loader's options (BasicSR's ``build_dataloader`` / ``PairedImageDataset`` / sampler read them
     only after the experiment folder is made), and for PairedImageDataset every pair: HR = LR x scale exactly (what
@@ -466,6 +493,8 @@ def _check_train_set(opt, dataset_opt, backend):
         raise UserInputError(f'{option}.prefetch_mode: {prefetch!r} is not supported; allowed: ~, cpu, cuda')
     if prefetch == 'cuda' and dataset_opt.get('pin_memory') is not True:
         raise UserInputError(f'{option}.prefetch_mode: cuda needs {option}.pin_memory: true')
+    if dataset_opt.get('type') in NO_GROUND_TRUTH_DATASETS:
+        _build_to_check(option, dict(dataset_opt, phase='train', scale=dataset_opt.get('scale', opt.get('scale'))))
     if dataset_opt.get('type') != 'PairedImageDataset':
         return
     scale = dataset_opt['scale']
@@ -566,6 +595,11 @@ def check_datasets(opt, log=print, is_train=None):
         if kind == 'train':
             if is_train:
                 _check_train_set(opt, dataset_opt, backend)
+        elif dataset_type in NO_GROUND_TRUTH_DATASETS:
+            if is_train is False:
+                raise UserInputError(f'datasets.{phase}: {dataset_type} has no ground truth to test against; a test '
+                                     'option file needs a PairedImageDataset')
+            _build_to_check(f'datasets.{phase}', dict(dataset_opt, phase=phase))
         else:
             _check_eval_set(phase, dataset_opt, dataset_opt['scale'], log, backend)
 
