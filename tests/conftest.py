@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny generated paired dataset (disk and LMDB) and option files for short training runs."""
+"""Shared fixtures: a tiny generated paired dataset (disk and LMDB), option files for short training runs, and a
+simulated full disk for the atomic writer."""
+import errno
 import os
 import random
 import subprocess
@@ -101,3 +103,47 @@ def run(args, cwd, env=None, timeout=300):
 
 def python():
     return sys.executable
+
+
+class _FullDiskFile:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written (what a full disk does to a write)."""
+
+    def __init__(self, file, room):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.file.write(bytes(data)[:self.room] if isinstance(data, (bytes, bytearray, memoryview)) else
+                            data[:self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+@pytest.fixture()
+def full_disk(monkeypatch, tmp_path):
+    """Files that the atomic writer opens (``os.fdopen`` in ghostsr_plugin.utils.atomic) under ``tmp_path`` take 100
+    bytes, then fail with ENOSPC; other files are untouched. Returns the list of the paths that failed."""
+    from ghostsr_plugin.utils import atomic
+    real_fdopen, failed = atomic.os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        file = real_fdopen(fd, *args, **kwargs)
+        path = os.readlink(f'/proc/self/fd/{fd}')
+        if not path.startswith(str(tmp_path)):
+            return file
+        failed.append(path)
+        return _FullDiskFile(file, 100)
+
+    monkeypatch.setattr(atomic.os, 'fdopen', fdopen)
+    return failed

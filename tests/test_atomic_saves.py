@@ -5,9 +5,8 @@ files intact and only a temporary that the next ``ghostsr train`` removes, and `
 state; a full disk is :class:`NoSpaceLeftError` naming the folder (one line, exit code 1 from ``ghostsr train`` /
 ``ghostsr test``), never a zero-byte checkpoint or image, never exit code 0.
 
-A full disk is simulated by :func:`full_disk` (files opened by the atomic writer under the test's folder fail with
+A full disk is simulated by the `full_disk` fixture of conftest.py (files opened by the atomic writer under the test's folder fail with
 ENOSPC after a few bytes), since tests cannot fill a real disk."""
-import errno
 import glob
 import json
 import os
@@ -30,50 +29,6 @@ from ghostsr_plugin.utils.atomic import NoSpaceLeftError
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
 
 NET = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}
-
-
-class _FullDiskFile:
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written (what a full disk does to a write)."""
-
-    def __init__(self, file, room):
-        self.file, self.room = file, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            self.file.write(bytes(data)[:self.room] if isinstance(data, (bytes, bytearray, memoryview)) else
-                            data[:self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, 'No space left on device')
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.file, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-
-
-@pytest.fixture()
-def full_disk(monkeypatch, tmp_path):
-    """Files that the atomic writer opens (``os.fdopen`` in ghostsr_plugin.utils.atomic) under ``tmp_path`` take 100
-    bytes, then fail with ENOSPC; other files are untouched. Returns the list of the paths that failed."""
-    from ghostsr_plugin.utils import atomic
-    real_fdopen, failed = atomic.os.fdopen, []
-
-    def fdopen(fd, *args, **kwargs):
-        file = real_fdopen(fd, *args, **kwargs)
-        path = os.readlink(f'/proc/self/fd/{fd}')
-        if not path.startswith(str(tmp_path)):
-            return file
-        failed.append(path)
-        return _FullDiskFile(file, 100)
-
-    monkeypatch.setattr(atomic.os, 'fdopen', fdopen)
-    return failed
 
 
 def model_options(folder, model_type='SRModel'):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from ghostsr_plugin.utils.images import image_size, read_image
-from test_atomic_saves import full_disk  # noqa: F401  (fixture)
 
 
 def _png_header_only(path, width, height):

@@ -15,7 +15,6 @@ import pytest
 
 from ghostsr_plugin.cli import upscale
 from ghostsr_plugin.utils.errors import run_command
-from test_atomic_saves import full_disk  # noqa: F401  (fixture)
 from tiny_options_helpers import smooth_image, tiny_option_file
 
 
