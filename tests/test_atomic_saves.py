@@ -5,8 +5,8 @@ files intact and only a temporary that the next ``ghostsr train`` removes, and `
 state; a full disk is :class:`NoSpaceLeftError` naming the folder (one line, exit code 1 from ``ghostsr train`` /
 ``ghostsr test``), never a zero-byte checkpoint or image, never exit code 0.
 
-A full disk is simulated by the `full_disk` fixture of conftest.py (files opened by the atomic writer under the test's folder fail with
-ENOSPC after a few bytes), since tests cannot fill a real disk."""
+A full disk is simulated by the `full_disk` fixture of conftest.py (files opened by the atomic writer under the
+test's folder fail with ENOSPC after a few bytes), since tests cannot fill a real disk."""
 import glob
 import json
 import os

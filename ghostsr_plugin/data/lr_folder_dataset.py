@@ -18,14 +18,14 @@ all the data needed.
         dataset_enlarge_ratio: 1
         io_backend: {type: disk}
 
-Every item is ``{'lq': [3, lq_size, lq_size] RGB float tensor in [0, 1], 'lq_path': path}``: a random crop of one
-image (of ``lq_size * scale`` pixels for ``downscale``, then down-scaled), flipped / rotated as BasicSR's ``augment``
-does. In a validation phase (``val``, ``val_<n>``) an item is a whole image (for ``downscale``: mod-cropped to the
-scale and down-scaled), not augmented; GhostSRModel then measures its metrics against the ``distill:`` teacher's
-output, i.e. the fidelity of the Ghost network to the original (e.g. ``calculate_psnr`` with ``crop_border: 0``,
-``test_y_channel: false`` for RGB fidelity). Images are read as BasicSR reads them (8-bit BGR; grey, RGBA and 16-bit images converted). Image sizes are read
-from the headers when the set is built: images smaller than a patch are left out and named once; a folder without
-an image large enough is an error naming it and the size needed.
+Every item is ``{'lq': [3, lq_size, lq_size] RGB float tensor in [0, 1], 'lq_path': path}``: a random crop of one image
+(of ``lq_size * scale`` pixels for ``downscale``, then down-scaled), flipped / rotated as BasicSR's ``augment`` does. In
+a validation phase (``val``, ``val_<n>``) an item is a whole image (for ``downscale``: mod-cropped to the scale and
+down-scaled), not augmented; GhostSRModel then measures its metrics against the ``distill:`` teacher's output, i.e. the
+fidelity of the Ghost network to the original (e.g. ``calculate_psnr`` with ``crop_border: 0``, ``test_y_channel:
+false`` for RGB fidelity). Images are read as BasicSR reads them (8-bit BGR; grey, RGBA and 16-bit images converted).
+Image sizes are read from the headers when the set is built: images smaller than a patch are left out and named once; a
+folder without an image large enough is an error naming it and the size needed.
 """
 import logging
 import os

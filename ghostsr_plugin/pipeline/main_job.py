@@ -7,7 +7,8 @@ Steps (every one through the plugin's public pieces, training through BasicSR's 
 
 1. check the data folder (layout below) and make the training pairs from T91 + BSD200 with MATLAB-bicubic LR
    (:func:`ghostsr_plugin.data.prepare.prepare`, cached under ``datasets/``);
-2. convert the authors' multi-scale CARN_M checkpoint to the plugin's single-scale CARN_M (:func:`ghostsr_plugin.compress.conversion.convert_carn`);
+2. convert the authors' multi-scale CARN_M checkpoint to the plugin's single-scale CARN_M
+   (:func:`ghostsr_plugin.compress.conversion.convert_carn`);
 3. train GhostCARN_M with ``ghostsr train``: GhostSRModel's ``ghost_init`` clusters the CARN_M
    filters into intrinsic + ghost features (§3.2, Alg. 1 lines 1-3), then a fine-tune with learnable shifts
    (Gumbel-softmax, Eq. 3-6) sized to ``--minutes`` of this machine's measured speed; BasicSR validates on Set5;
@@ -243,7 +244,8 @@ def run_main_job(data=DEFAULT_DATA, minutes=6.0, iters=None, scale=2, name=None,
     rows = [('bicubic', '-', bicubic_scores(data, sets, scale)),
             ('CARN_M (pre-trained)', params(plain), net_scores(plain, data, sets, scale, log)),
             ('GhostCARN_M, clustered, no training', params(clustered), net_scores(clustered, data, sets, scale, log)),
-            (f'GhostCARN_M, + {total_iter} it. fine-tune', params(finetuned), net_scores(finetuned, data, sets, scale, log))]
+            (f'GhostCARN_M, + {total_iter} it. fine-tune', params(finetuned),
+             net_scores(finetuned, data, sets, scale, log))]
     table = format_table(rows, sets)
     log(table)
     summary = {'scale': scale, 'iterations': total_iter, 'minutes': round((time.time() - start) / 60, 1),
