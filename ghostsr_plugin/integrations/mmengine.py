@@ -139,7 +139,7 @@ def _weights_only_scheme(loader):
     def load(filename, map_location):
         if _forced_unsafe():
             raise ValueError(f'{filename}: not loaded: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, under which MMEngine '
-                             'would read it with weights_only=False (code in it could run); download it and give '
+                             'would read it without the weights-only check (code in it could run); download it and give '
                              'load_from / resume the local file, which is read weights-only whatever the environment')
         with _mmengine_globals():
             return loader(filename, map_location)

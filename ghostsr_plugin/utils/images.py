@@ -57,11 +57,9 @@ def list_inputs(path):
     return [file for file in files if os.path.isfile(file)]
 
 
-def image_size(path):
-    """(height, width) of the image at ``path`` from its header alone (Pillow opens files lazily; no pixel is
-    decoded, whatever size the header declares). Errors name the file: missing, empty, unknown extension, a header
-    that is not an image's."""
-    from PIL import Image, UnidentifiedImageError
+def _image_kind(path):
+    """The format of an image file that exists, has a known extension and is not empty (``'PNG'``, ...); else the
+    error naming the file that :func:`image_size` and :func:`read_image` both give."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image not found: {path}')
     ext = os.path.splitext(path)[1].lower()
@@ -70,13 +68,22 @@ def image_size(path):
                              f'(allowed: {", ".join(IMAGE_EXTENSIONS)})')
     if os.path.getsize(path) == 0:
         raise UserInputError(f'{path}: not a readable {ext[1:].upper()} image (empty file)')
+    return ext[1:].upper()
+
+
+def image_size(path):
+    """(height, width) of the image at ``path`` from its header alone (Pillow opens files lazily; no pixel is
+    decoded, whatever size the header declares). Errors name the file: missing, empty, unknown extension, a header
+    that is not an image's."""
+    from PIL import Image, UnidentifiedImageError
+    kind = _image_kind(path)
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would refuse to say the size; callers decide on it
     try:
         with Image.open(path) as img:
             width, height = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UserInputError(f'{path}: not a readable {ext[1:].upper()} image (corrupt, truncated or not an image: '
+        raise UserInputError(f'{path}: not a readable {kind} image (corrupt, truncated or not an image: '
                              f'{err})') from err
     finally:
         Image.MAX_IMAGE_PIXELS = limit
@@ -89,15 +96,7 @@ def read_image(path, bgr8=False, max_pixels=None):
     file: missing, empty, an unknown extension, an undecodable file (corrupt, truncated, or refused by OpenCV), a
     sample type other than 8 or 16 bits, a channel count other than 1, 3 or 4. ``max_pixels`` (None or 0: no limit
     but OpenCV's own) refuses an image whose header (:func:`image_size`) declares more pixels, before decoding."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'image not found: {path}')
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in IMAGE_EXTENSIONS:
-        raise UserInputError(f'{path}: unknown image format {ext or "(no extension)"!r} '
-                             f'(allowed: {", ".join(IMAGE_EXTENSIONS)})')
-    kind = ext[1:].upper()
-    if os.path.getsize(path) == 0:
-        raise UserInputError(f'{path}: not a readable {kind} image (empty file)')
+    kind = _image_kind(path)
     if max_pixels:
         height, width = image_size(path)
         if height * width > max_pixels:
