@@ -16,6 +16,7 @@ __all__ = ['COMMANDS', 'main', 'run']
 
 # command -> what it does (one line of `ghostsr --help`); the module is ghostsr_plugin.cli.<command>
 COMMANDS = {
+    'compress': 'your SR network on your images -> a faster Ghost network that keeps its output (no ground truth)',
     'demo': 'the main job: the real pre-trained CARN_M compressed into GhostCARN_M, fine-tuned, scored',
     'train': "train with BasicSR's pipeline (-opt FILE), options checked first, outputs here",
     'test': "PSNR/SSIM with BasicSR's test pipeline (-opt FILE), results here",

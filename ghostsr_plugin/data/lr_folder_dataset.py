@@ -6,7 +6,8 @@ all the data needed.
       train:
         name: my_photos
         type: LRFolderDataset
-        dataroot_lq: [photos/, more_photos/]   # one folder or a list; images directly inside (not sub-folders)
+        dataroot_lq: photos/   # images directly inside (not sub-folders); a list of folders from Python
+                               # (BasicSR's option parser takes one path)
         inputs: as-is          # as-is: each image is an input of the network (real-world models, e.g. Real-ESRGAN);
                                # downscale: each patch is first down-scaled by the scale with MATLAB bicubic
                                # (bicubic-trained models, e.g. EDSR, CARN)
@@ -17,11 +18,14 @@ all the data needed.
         num_worker_per_gpu: 2
         dataset_enlarge_ratio: 1
         io_backend: {type: disk}
+        image_list: train.txt  # optional: only the images this file names (one path a line; any folders when
+                               # dataroot_lq is left out), e.g. the training share of a held-out split
+        val_crop: 128          # optional, validation: the centre val_crop x val_crop LR pixels of each image
 
 Every item is ``{'lq': [3, lq_size, lq_size] RGB float tensor in [0, 1], 'lq_path': path}``: a random crop of one image
 (of ``lq_size * scale`` pixels for ``downscale``, then down-scaled), flipped / rotated as BasicSR's ``augment`` does. In
 a validation phase (``val``, ``val_<n>``) an item is a whole image (for ``downscale``: mod-cropped to the scale and
-down-scaled), not augmented; GhostSRModel then measures its metrics against the ``distill:`` teacher's output, i.e. the
+down-scaled; the centre ``val_crop`` LR pixels when set), not augmented; GhostSRModel then measures its metrics against the ``distill:`` teacher's output, i.e. the
 fidelity of the Ghost network to the original (e.g. ``calculate_psnr`` with ``crop_border: 0``, ``test_y_channel:
 false`` for RGB fidelity). Images are read as BasicSR reads them (8-bit BGR; grey, RGBA and 16-bit images converted).
 Image sizes are read from the headers when the set is built: images smaller than a patch are left out and named once; a
@@ -66,6 +70,32 @@ def list_folder_images(folders, option='dataroot_lq'):
     return paths
 
 
+def _listed(list_file, folder_paths=None):
+    """The images named in ``list_file`` (one path a line); with ``folder_paths`` (the dataroot_lq images) each must
+    be one of them. A listed file that is missing or not an image is an error naming it."""
+    try:
+        with open(list_file, encoding='utf-8') as file:
+            listed = [line.strip() for line in file if line.strip()]
+    except OSError as err:
+        raise UserInputError(f'image_list: cannot read {list_file} ({err.strerror})') from None
+    if not listed:
+        raise UserInputError(f'image_list: {list_file} names no image')
+    known = None if folder_paths is None else {os.path.abspath(p) for p in folder_paths}
+    for path in listed:
+        if not (is_image_name(path) and os.path.isfile(path)):
+            raise UserInputError(f'image_list: {list_file} names {path}, which is not an image file (allowed: '
+                                 f'{", ".join(IMAGE_EXTENSIONS)})')
+        if known is not None and os.path.abspath(path) not in known:
+            raise UserInputError(f'image_list: {list_file} names {path}, which is not directly inside dataroot_lq')
+    return listed
+
+
+def centre_crop(img, size):
+    """The centre ``size`` x ``size`` pixels of an H x W (x C) image (the whole side where it is smaller)."""
+    top, left = max(img.shape[0] - size, 0) // 2, max(img.shape[1] - size, 0) // 2
+    return img[top:top + size, left:left + size]
+
+
 @DATASET_REGISTRY.register()
 class LRFolderDataset(data.Dataset):
     """LR patches from folders of images, no ground truth (see the module docstring for the options)."""
@@ -88,7 +118,16 @@ class LRFolderDataset(data.Dataset):
             raise UserInputError(f'io_backend: {backend!r} is not supported by LRFolderDataset; allowed: disk')
         self.train = opt.get('phase', 'train') == 'train'
         self.crop = (self.lq_size if self.train else 1) * (self.scale if self.inputs == 'downscale' else 1)
-        self.paths = self._large_enough(list_folder_images(opt.get('dataroot_lq')))
+        self.val_crop = opt.get('val_crop')
+        if self.val_crop is not None and (isinstance(self.val_crop, bool) or not isinstance(self.val_crop, int)
+                                          or self.val_crop < 1):
+            raise UserInputError(f'val_crop: must be a positive integer (LR pixels), got {self.val_crop!r}')
+        if opt.get('image_list'):
+            folder_paths = list_folder_images(opt['dataroot_lq']) if opt.get('dataroot_lq') else None
+            paths = _listed(opt['image_list'], folder_paths)
+        else:
+            paths = list_folder_images(opt.get('dataroot_lq'))
+        self.paths = self._large_enough(paths)
 
     def _large_enough(self, paths):
         """The images a ``crop`` x ``crop`` patch fits in (sizes from the headers); the others named once."""
@@ -119,6 +158,8 @@ class LRFolderDataset(data.Dataset):
         if not self.train:  # validation: the whole image (down-scaled after BasicSR's mod-crop), no augmentation
             if self.inputs == 'downscale':
                 img = bicubic_downscale(np.ascontiguousarray(modcrop(img, self.scale)), self.scale)
+            if self.val_crop:
+                img = centre_crop(img, self.val_crop)
             return {'lq': img2tensor(img.astype(np.float32) / 255., bgr2rgb=True, float32=True), 'lq_path': path}
         top = random.randint(0, img.shape[0] - self.crop)
         left = random.randint(0, img.shape[1] - self.crop)

@@ -30,7 +30,7 @@ from ghostsr_plugin.utils.errors import UserInputError
 from ghostsr_plugin.utils.images import check_pairs, conversion_note, read_image
 from ghostsr_plugin.utils.option_file import load_options
 
-__all__ = ['evaluate', 'evaluate_network', 'option_scale']
+__all__ = ['evaluate', 'evaluate_network', 'option_scale', 'fidelity']
 
 
 def evaluate(net, pairs, scale, device, forward_scale, skip_mismatched=False, label=None, log=print):
@@ -70,6 +70,21 @@ def evaluate(net, pairs, scale, device, forward_scale, skip_mismatched=False, la
     if checked.skipped:
         result['skipped'] = checked.skipped
     return result
+
+
+def fidelity(net, reference, inputs, device='cpu'):
+    """How close ``net``'s outputs are to ``reference``'s (the original network a compressed one replaces), on
+    ``inputs`` ({name: 1 x C x h x w tensor in [0, 1]}): PSNR in RGB and on Y (crop_border 0) of the two outputs
+    as images (``tensor2img``, uint8), as BasicSR's validation measures them. Returns ``{'psnr_rgb', 'psnr_y',
+    'images': {name: {'psnr_rgb', 'psnr_y'}}}`` with the means over the images."""
+    per_image = {}
+    for name, lq in inputs.items():
+        with torch.no_grad():
+            out, ref = (tensor2img(n(lq.to(device)).cpu(), rgb2bgr=True, min_max=(0, 1)) for n in (net, reference))
+        per_image[name] = {'psnr_rgb': float(calculate_psnr(out, ref, crop_border=0)),
+                           'psnr_y': float(calculate_psnr(out, ref, crop_border=0, test_y_channel=True))}
+    return {key: float(np.mean([v[key] for v in per_image.values()])) for key in ('psnr_rgb', 'psnr_y')} | {
+        'images': per_image}
 
 
 def option_scale(path):

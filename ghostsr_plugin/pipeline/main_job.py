@@ -28,7 +28,6 @@ Data layout expected under ``--data`` (``../shared/data`` in this project)::
     weights/carn_m.pth                                  the authors' pre-trained CARN_M (CARN-pytorch release)
 """
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ from ghostsr_plugin.compress.clustering import cluster_init
 from ghostsr_plugin.compress.conversion import convert_carn
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA, set_pairs
 from ghostsr_plugin.measure.quality import evaluate
+from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step
 from ghostsr_plugin.data.prepare import prepare
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
 from ghostsr_plugin.utils.atomic import atomic_torch_save, atomic_write, atomic_write_json
@@ -70,27 +70,9 @@ def ghost_network(scale):
 
 
 def time_per_iteration(scale, teacher, dataset_opt, steps=5):
-    """Seconds of one training step as BasicSR's pipeline runs it here: batches of the real training set from a
-    loader with the training options' worker processes, the teacher's forward, GhostCARN_M's forward and backward
-    and Adam. Times ``steps`` (>= 3) steps and returns the median of all but the first (which pays the loader's
-    start); batches are drawn with replacement, so any training set size works."""
-    net = build_network(ghost_network(scale))
-    net.ghost_schedule.set_iteration(1)
-    optimizer = torch.optim.Adam(net.parameters(), 1e-4)
-    dataset = build_dataset({**dataset_opt, 'phase': 'train', 'scale': scale})
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=BATCH * steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler,
-                                         num_workers=dataset_opt['num_worker_per_gpu'])
-    stamps = [time.perf_counter()]
-    for _, batch in zip(range(steps), loader):
-        optimizer.zero_grad()
-        with torch.no_grad():
-            target = teacher(batch['lq'])
-        out = net(batch['lq'])
-        ((out - batch['gt']).abs().mean() + (out - target).abs().mean()).backward()
-        optimizer.step()
-        stamps.append(time.perf_counter())
-    return statistics.median(b - a for a, b in zip(stamps[1:-1], stamps[2:]))
+    """Seconds of one training step of GhostCARN_M x``scale`` on the real training set, with the teacher
+    (:func:`ghostsr_plugin.pipeline.budget.seconds_per_step`)."""
+    return seconds_per_step(build_network(ghost_network(scale)), teacher, {**dataset_opt, 'scale': scale}, steps)
 
 
 def large_enough(train_data, scale, meta_path, patch=LR_PATCH, log=print):
@@ -217,7 +199,7 @@ def run_main_job(data=DEFAULT_DATA, minutes=6.0, iters=None, scale=2, name=None,
     meta_path = large_enough(train_data, scale, os.path.join('experiments', f'{name}_meta.txt'), log=log)
     if iters is None:
         seconds = time_per_iteration(scale, plain.eval(), train_dataset_options(scale, train_data, meta_path))
-        total_iter = int(max(20, min(5000, minutes * 60 / seconds)))
+        total_iter = iterations_for(minutes, seconds, high=5000)
         log(f'   one training step (with its data loading) takes {seconds:.2f} s here: {total_iter} iterations fit '
               f'{minutes} min')
     else:

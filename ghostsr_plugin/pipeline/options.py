@@ -596,9 +596,10 @@ def check_datasets(opt, log=print, is_train=None):
             if is_train:
                 _check_train_set(opt, dataset_opt, backend)
         elif dataset_type in NO_GROUND_TRUTH_DATASETS:
-            if is_train is False:
-                raise UserInputError(f'datasets.{phase}: {dataset_type} has no ground truth to test against; a test '
-                                     'option file needs a PairedImageDataset')
+            if is_train is False and (opt.get('val') or {}).get('metrics'):
+                raise UserInputError(f'datasets.{phase}: {dataset_type} has no ground truth to measure val.metrics '
+                                     'against; allowed: a PairedImageDataset, or no val.metrics (the test then only '
+                                     'saves its outputs)')
             _build_to_check(f'datasets.{phase}', dict(dataset_opt, phase=phase))
         else:
             _check_eval_set(phase, dataset_opt, dataset_opt['scale'], log, backend)

@@ -1,0 +1,64 @@
+"""``ghostsr compress``: the SR network you have, on the images you have, into a faster Ghost network that keeps its
+output — no ground truth (:func:`ghostsr_plugin.pipeline.compression.compress`).
+
+    ghostsr compress --model realesr-animevideov3.pth --images photos/ --out compressed/ --minutes 60
+    ghostsr compress --model carn_m_x2.pth --images ../shared/data/train/T91 --inputs downscale \\
+        --out carn_m_ghost/ --minutes 30 --bench Set5 Set14
+    ghostsr compress -opt options/train_EDSR_x2.yml --pretrained EDSR_x2.pth --images photos/ --out edsr_ghost/
+"""
+import argparse
+import functools
+
+from ghostsr_plugin.data.benchmark import DEFAULT_DATA
+from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES
+from ghostsr_plugin.pipeline.compression import STARTS, compress
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='ghostsr compress',
+        description='Ghostify any SR network, start it close to the original and fine-tune it on your images with '
+        'the original as the only target (BasicSR training, no ground truth); writes the Ghost checkpoint, its '
+        'options, a report (fidelity, params, FLOPs, latency) and a picture of crops.')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model', help='checkpoint of any architecture spandrel identifies (.pth/.safetensors)')
+    source.add_argument('-opt', help='BasicSR option file whose network (--network_key) is the plain network')
+    source.add_argument('--arch', help='registered BasicSR arch of the plain network (with --arch_args)')
+    parser.add_argument('--arch_args', default='{}', help='JSON arguments of --arch')
+    parser.add_argument('--pretrained', help='plain checkpoint for -opt / --arch')
+    parser.add_argument('--param_key', default='params', help="state-dict key of --pretrained ('params')")
+    parser.add_argument('--network_key', default='network_g', help='option section of the network (network_g)')
+    parser.add_argument('--images', nargs='+', required=True, help='folders of images (directly inside)')
+    parser.add_argument('--out', required=True, help='output folder (new, or an earlier run with --auto_resume)')
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument('--minutes', type=float, help='fine-tune budget in minutes of this machine (default 15)')
+    budget.add_argument('--iters', type=int, help='fine-tune budget in iterations')
+    parser.add_argument('--inputs', choices=INPUT_MODES, default='as-is',
+                        help='as-is: the images are the network\'s inputs (real-world models); downscale: MATLAB '
+                        'bicubic LR of them (bicubic-trained models) (as-is)')
+    parser.add_argument('--val', nargs='+', help='folders of held-out images for the fidelity (default: a share of '
+                        '--images set aside)')
+    parser.add_argument('--val_share', type=float, default=0.1, help='share of --images held out (0.1, 1 to 8 images)')
+    parser.add_argument('--bench', nargs='+', default=[], help='benchmark sets (Set5 Set14 ...) for Y-PSNR/SSIM too')
+    parser.add_argument('--data', default=DEFAULT_DATA, help='data folder with benchmark/ (../shared/data)')
+    parser.add_argument('--ghost_ratio', type=float, default=0.5, help='λ, the share of ghost features (0.5)')
+    parser.add_argument('--start', choices=STARTS, default='calibrate',
+                        help='calibrate: fitted to the original\'s layer outputs on your images; cluster: §3.2\'s '
+                        'k-means of the weights (calibrate)')
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='training device (cpu)')
+    parser.add_argument('--nproc', type=int, default=1, help='training processes (torch.distributed.run) (1)')
+    parser.add_argument('--lq_size', type=int, default=48, help='LR patch side (48)')
+    parser.add_argument('--batch_size', type=int, default=16, help='patches per step (16)')
+    parser.add_argument('--lr', type=float, default=5e-4, help='Adam learning rate, cosine decay (5e-4)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--export', action='store_true', help='also write ghost.onnx, checked against PyTorch')
+    parser.add_argument('--auto_resume', action='store_true', help='go on with the run in --out after a kill')
+    parser.add_argument('--no_progress', action='store_true', help='no progress bars')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    args = parser.parse_args(argv)
+    compress(args.out, args.images, args.model, args.opt, args.arch, args.arch_args, args.pretrained,
+             args.param_key, args.network_key, args.minutes, args.iters, args.inputs, args.val, args.val_share,
+             args.bench, args.data, args.ghost_ratio, args.start, args.device, args.export, args.auto_resume,
+             args.lq_size, args.batch_size, args.lr, args.nproc, args.seed, progress=not args.no_progress,
+             log=functools.partial(print, flush=True))
+    return 0
