@@ -41,4 +41,4 @@ def test_step_timing_draws_real_batches(tiny_data, monkeypatch):
     teacher.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
     seconds = demo.time_per_iteration(2, teacher, opt, steps=5)
     assert seconds > 0
-    assert seen == [torch.Size([demo.BATCH, 3, 8, 8])] * 5  # LR crops of the tiny set's gt_size 16 at x2
+    assert seen == [torch.Size([opt['batch_size_per_gpu'], 3, 8, 8])] * 5  # LR crops of gt_size 16 at x2

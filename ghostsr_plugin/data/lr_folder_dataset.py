@@ -71,13 +71,17 @@ def list_folder_images(folders, option='dataroot_lq'):
 
 
 def _listed(list_file, folder_paths=None):
-    """The images named in ``list_file`` (one path a line); with ``folder_paths`` (the dataroot_lq images) each must
-    be one of them. A listed file that is missing or not an image is an error naming it."""
-    try:
-        with open(list_file, encoding='utf-8') as file:
-            listed = [line.strip() for line in file if line.strip()]
-    except OSError as err:
-        raise UserInputError(f'image_list: cannot read {list_file} ({err.strerror})') from None
+    """The images named in ``list_file`` (one path a line; from Python also a list of paths); with ``folder_paths``
+    (the dataroot_lq images) each must be one of them. A listed file that is missing or not an image is an error
+    naming it."""
+    if isinstance(list_file, (list, tuple)):
+        listed, list_file = list(list_file), 'the list'
+    else:
+        try:
+            with open(list_file, encoding='utf-8') as file:
+                listed = [line.strip() for line in file if line.strip()]
+        except OSError as err:
+            raise UserInputError(f'image_list: cannot read {list_file} ({err.strerror})') from None
     if not listed:
         raise UserInputError(f'image_list: {list_file} names no image')
     known = None if folder_paths is None else {os.path.abspath(p) for p in folder_paths}

@@ -325,6 +325,12 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
     val_set = _dataset_options(os.path.join(out, 'val_images.txt'), 'val', scale, inputs, lq_size,
                                batch_size, val_crop=128)
 
+    # the images checked before anything is written: readable, large enough for a patch (names the others)
+    LRFolderDataset(dict(train_set, image_list=train_paths))
+    held_out = _held_out_inputs(dict(val_set, image_list=held_paths))
+    log(f'{source} x{scale}: {len(train_paths)} training images, {len(held_out)} held out ({", ".join(held_out)}); '
+        f'inputs {inputs}')
+
     with FolderLock(out, 'ghostsr compress'):
         make_folder(out, '--out')
         if manifest is None:
@@ -333,10 +339,6 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
         for name, paths in (('train_images.txt', train_paths), ('val_images.txt', held_paths)):
             atomic_write(os.path.join(out, name), lambda f, paths=paths: f.writelines(
                 f'{os.path.abspath(p)}\n' for p in paths), mode='w')
-        LRFolderDataset(dict(train_set))  # names images too small for a patch, a folder without one, now
-        held_out = _held_out_inputs(val_set)
-        log(f'{source} x{scale}: {len(train_paths)} training images, {len(held_out)} held out '
-            f'({", ".join(held_out)}); inputs {inputs}')
 
         original_pth, ghost_opts = os.path.join(out, 'original.pth'), manifest.get('network_g')
         if ghost_opts is None:  # steps 1 and 3 (the start), once
