@@ -230,3 +230,17 @@ def test_full_disk_is_exit_1_and_leaves_no_partial_file(setup, tmp_path, full_di
         assert not name.endswith('.tmp'), name
         if name.endswith('.json'):
             json.loads((out / name).read_text())  # complete, not truncated
+
+
+def test_two_processes_train_under_the_distributed_launcher(setup):
+    """--nproc 2 runs the fine-tune under torch.distributed.run with BasicSR's pytorch launcher, two CPU processes
+    joined with gloo (what several GPUs or hosts do with nccl): it finishes, both ranks train (world size 2 in the
+    log) and rank 0 validates and writes the outputs."""
+    root, images = setup
+    out = root / 'ddp'
+    proc = run([python(), *_args(root, images, out, '--iters', '4', '--start', 'cluster', '--nproc', '2')], root,
+               timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = next((out / 'experiments' / 'finetune').glob('train_*.log')).read_text()
+    assert 'World size (gpu number): 2' in log and 'DistributedDataParallel' in log
+    assert (out / 'ghost.pth').is_file() and json.loads((out / 'compress.json').read_text())['stage'] == 'done'

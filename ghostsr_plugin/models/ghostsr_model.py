@@ -74,9 +74,14 @@ class GhostSRModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------- setup
     def model_to_device(self, net):
-        if self.opt['dist'] and self.opt['num_gpu'] == 0:
-            return DistributedDataParallel(net.to(self.device))  # CPU (gloo)
-        return super().model_to_device(net)
+        """BasicSR's placement, with DDP on the CPU too (gloo) and without the buffer broadcast at each forward:
+        BasicSR validates on rank 0 alone, and a forward that broadcasts would wait for the other ranks forever (a
+        Ghost network has buffers: channel maps, the schedule's iteration, identical on every rank anyway)."""
+        if not self.opt['dist']:
+            return super().model_to_device(net)
+        device_ids = None if self.opt['num_gpu'] == 0 else [torch.cuda.current_device()]
+        return DistributedDataParallel(net.to(self.device), device_ids=device_ids, broadcast_buffers=False,
+                                       find_unused_parameters=self.opt.get('find_unused_parameters', False))
 
     def init_training_settings(self):
         logger = get_root_logger()

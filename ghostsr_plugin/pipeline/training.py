@@ -20,6 +20,8 @@ Differences from ``python basicsr/train.py`` / ``test.py``:
 * a training run reaches ``total_iter``: BasicSR counts ceil(images / batch) iterations per epoch but its loader
   drops the last partial batch, so a run could stop early (1926 of 2000 iterations of a 2000-iteration recipe);
   the epoch count is taken from the loader's real length instead;
+* ``--launcher pytorch`` works on a machine without a GPU too (processes joined with gloo, one per CPU share;
+  BasicSR's own start-up divides by the number of GPUs);
 * outputs go under the current folder rather than BasicSR's install folder, and glibc's malloc keeps tensors in the
   heap (:mod:`ghostsr_plugin.utils.malloc`; ~27 % faster CPU training steps on a 2-core CPU).
 """
@@ -32,6 +34,8 @@ import ghostsr_plugin  # noqa: F401  (registers archs and models; makes basicsr 
 from basicsr import test as basicsr_test
 from basicsr import train as basicsr_train
 from basicsr.utils import get_root_logger
+from basicsr.utils import options as basicsr_options
+from basicsr.utils.dist_util import init_dist
 from ghostsr_plugin.pipeline.lock import FolderLock
 from ghostsr_plugin.pipeline.options import check_checkpoints, check_options_cli, parse_and_check
 from ghostsr_plugin.pipeline.resume import load_resume_state
@@ -81,11 +85,23 @@ def train(argv, root_path=None, command='ghostsr train'):
     with contextlib.ExitStack() as locks:  # the experiment's lock, released however the run ends
         basicsr_train.parse_options, basicsr_train.load_resume_state = checked_parse_options, prepare_run
         basicsr_train.create_train_val_dataloader = loaders_reaching_total_iter
+        basicsr_options.init_dist = _init_dist_anywhere
         try:
             basicsr_train.train_pipeline(root_path or os.getcwd())
         finally:
             basicsr_train.parse_options, basicsr_train.load_resume_state = parse_options, load_state
             basicsr_train.create_train_val_dataloader = create_loaders
+            basicsr_options.init_dist = init_dist
+
+
+def _init_dist_anywhere(launcher, backend='nccl', **kwargs):
+    """BasicSR's ``init_dist``, and on a machine without CUDA the process group of ``torch.distributed.run``'s
+    environment joined with gloo (BasicSR's would pick a GPU by ``rank % 0``)."""
+    import torch
+    if launcher == 'pytorch' and not torch.cuda.is_available():
+        torch.distributed.init_process_group(backend='gloo')
+        return None
+    return init_dist(launcher, backend, **kwargs)
 
 
 def epochs_for(total_iters, batches_per_epoch, basicsr_epochs):
