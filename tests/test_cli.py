@@ -21,7 +21,7 @@ def test_help_lists_every_command_with_one_line(capsys):
 def test_unknown_command_is_one_line(capsys):
     assert cli.main(['compres']) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ghostsr: error: unknown command 'compres'; allowed: demo, train,") and \
+    assert err.startswith("ghostsr: error: unknown command 'compres'; allowed: compress, demo, train,") and \
         len(err.splitlines()) == 1
 
 

@@ -215,3 +215,36 @@ def test_fidelity_validation_needs_a_teacher(tiny_data, tmp_path):
     assert proc.returncode == 2 and 'datasets.val: LRFolderDataset has no ground truth; validating on it needs' in \
         proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / 'experiments').exists()
+
+
+def test_image_list_keeps_only_the_listed_images(tmp_path):
+    """image_list (a file, one path a line; from Python also a list) serves exactly those images, from any
+    folders when dataroot_lq is left out; a listed path outside dataroot_lq, a missing file or an empty list is one
+    error naming it."""
+    folder = _folder(tmp_path, [(16, 16)] * 3)
+    listed = [str(folder / 'img2.png'), str(folder / 'img0.png')]
+    (tmp_path / 'list.txt').write_text('\n'.join(listed) + '\n')
+    dataset = build_dataset({'name': 'x', 'type': 'LRFolderDataset', 'phase': 'train', 'scale': SCALE, 'lq_size': 8,
+                             'image_list': str(tmp_path / 'list.txt'), 'io_backend': {'type': 'disk'}})
+    assert dataset.paths == listed
+    assert _dataset(folder, lq_size=8, image_list=listed[:1]).paths == listed[:1]
+    other = _folder(tmp_path, [(16, 16)], name='other')
+    with pytest.raises(ValueError, match='img0.png, which is not directly inside dataroot_lq'):
+        _dataset(folder, lq_size=8, image_list=[str(other / 'img0.png')])
+    with pytest.raises(ValueError, match='missing.png, which is not an image file'):
+        _dataset(folder, lq_size=8, image_list=[str(folder / 'missing.png')])
+    (tmp_path / 'empty.txt').write_text('\n')
+    with pytest.raises(ValueError, match='names no image'):
+        _dataset(folder, lq_size=8, image_list=str(tmp_path / 'empty.txt'))
+
+
+def test_val_crop_serves_the_centre_of_each_image(tmp_path):
+    """In a validation phase val_crop serves the centre val_crop x val_crop LR pixels (after the down-scaling of
+    inputs: downscale), the whole side where the image is smaller."""
+    folder = _folder(tmp_path, [(20, 30)])
+    image = _as_tensor(cv2.imread(str(folder / 'img0.png')))
+    item = _dataset(folder, phase='val', val_crop=10)[0]
+    assert torch.equal(item['lq'], image[:, 5:15, 10:20])
+    assert _dataset(folder, phase='val', val_crop=25)[0]['lq'].shape == (3, 20, 25)
+    with pytest.raises(ValueError, match='val_crop: must be a positive integer'):
+        _dataset(folder, phase='val', val_crop=0)

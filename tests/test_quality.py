@@ -144,3 +144,20 @@ def test_scale_comes_from_the_option_file(bench, tmp_path, capsys):
     opt.write_text(yaml.safe_dump({'network_g': NET}))
     assert run_command('ghostsr evaluate', command.main, args) == 2
     assert f'--scale is needed: {opt} has no scale' in capsys.readouterr().err
+
+
+def test_fidelity_of_a_hand_made_case():
+    """fidelity() is the PSNR between the two networks' outputs as 8-bit images: outputs 128/255 and 132/255
+    everywhere differ by 4 grey levels, so RGB PSNR = 10 log10(255^2 / 16) = 36.1236 dB; on Y (BasicSR's
+    rgb2ycbcr, 219/255 of the range) the difference is 4 * 219/255 levels."""
+    import math
+    from ghostsr_plugin.measure.quality import fidelity
+
+    def constant(level):
+        return lambda x: torch.full((1, 3, 2 * x.shape[-2], 2 * x.shape[-1]), level / 255.)
+
+    result = fidelity(constant(132), constant(128), {'a': torch.zeros(1, 3, 4, 4), 'b': torch.zeros(1, 3, 6, 6)})
+    assert result['psnr_rgb'] == pytest.approx(10 * math.log10(255 ** 2 / 16), abs=1e-4)
+    y_diff = 4 * 65.481 / 255 + 4 * 128.553 / 255 + 4 * 24.966 / 255
+    assert result['psnr_y'] == pytest.approx(10 * math.log10(255 ** 2 / y_diff ** 2), abs=0.05)
+    assert set(result['images']) == {'a', 'b'}
