@@ -248,3 +248,15 @@ def test_val_crop_serves_the_centre_of_each_image(tmp_path):
     assert _dataset(folder, phase='val', val_crop=25)[0]['lq'].shape == (3, 20, 25)
     with pytest.raises(ValueError, match='val_crop: must be a positive integer'):
         _dataset(folder, phase='val', val_crop=0)
+
+
+def test_downscale_patches_flip_and_rotate(tmp_path):
+    """inputs: downscale with flips and rotations on: every patch is the MATLAB bicubic of a crop, flipped or rotated
+    (BasicSR's augment flips in place, which needs a contiguous array)."""
+    folder = _folder(tmp_path, [(8 * SCALE, 8 * SCALE)])
+    small = _as_tensor(bicubic_downscale(cv2.imread(str(folder / 'img0.png')), SCALE))
+    variants = [torch.rot90(t, k, (1, 2)) for t in (small, small.flip(2)) for k in range(4)]
+    dataset = _dataset(folder, lq_size=8, inputs='downscale', use_hflip=True, use_rot=True)
+    for _ in range(8):
+        lq = dataset[0]['lq']
+        assert any(torch.equal(lq, v) for v in variants), [float((lq - v).abs().max()) for v in variants]

@@ -168,8 +168,8 @@ class LRFolderDataset(data.Dataset):
         top = random.randint(0, img.shape[0] - self.crop)
         left = random.randint(0, img.shape[1] - self.crop)
         patch = img[top:top + self.crop, left:left + self.crop]
-        if self.inputs == 'downscale':
-            patch = bicubic_downscale(np.ascontiguousarray(patch), self.scale)
+        if self.inputs == 'downscale':  # contiguous again: BasicSR's augment flips in place with OpenCV
+            patch = np.ascontiguousarray(bicubic_downscale(np.ascontiguousarray(patch), self.scale))
         patch = augment(patch, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
         lq = img2tensor(patch.astype(np.float32) / 255., bgr2rgb=True, float32=True)
         return {'lq': lq, 'lq_path': path}
