@@ -159,6 +159,11 @@ LOAD_PATHS = {
         '--arch', 'EDSR', '--arch_args', '{"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2}',
         '--pretrained', c.evil, '--out', c.tmp / 'gh.pth']),
     'ghostify --model (spandrel)': lambda c: ('ghostify', ['--model', c.evil, '--out', c.tmp / 'gh.pth']),
+    'compress --model (spandrel)': lambda c: ('compress', ['--model', c.evil, '--images', os.path.dirname(c.image),
+                                                           '--out', c.tmp / 'cmp']),
+    'compress --pretrained': lambda c: ('compress', [
+        '--arch', 'EDSR', '--arch_args', '{"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2}',
+        '--pretrained', c.evil, '--images', os.path.dirname(c.image), '--out', c.tmp / 'cmp']),
 }
 
 
