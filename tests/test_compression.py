@@ -244,3 +244,20 @@ def test_two_processes_train_under_the_distributed_launcher(setup):
     log = next((out / 'experiments' / 'finetune').glob('train_*.log')).read_text()
     assert 'World size (gpu number): 2' in log and 'DistributedDataParallel' in log
     assert (out / 'ghost.pth').is_file() and json.loads((out / 'compress.json').read_text())['stage'] == 'done'
+
+
+def test_prune_baseline_runs_the_same_pipeline(setup):
+    """--baseline prune starts from the plain network with its channels pruned by Torch-Pruning (by default to the
+    Ghost network's share of the params) and goes through the same fine-tune and report; its options rebuild the
+    pruned network (type: Pruned)."""
+    import yaml
+    root, images = setup
+    out = root / 'pruned'
+    proc = run([python(), *_args(root, images, out, '--iters', '2', '--baseline', 'prune')], root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert yaml.safe_load((out / 'ghost.yml').read_text())['network_g']['type'] == 'Pruned'
+    report = json.loads((out / 'report.json').read_text())
+    assert report['start']['method'] == 'prune' and report['start']['params_share'] <= \
+        report['start']['ghost_params_share']
+    assert [n['label'] for n in report['networks']] == ['original', 'Pruned']
+    assert report['networks'][1]['latency'] is not None

@@ -21,7 +21,7 @@ if [ "$(cat "$VENV/.deps_stamp" 2>/dev/null)" != "$(stamp_of)" ]; then
   "${PIP[@]}" install -c "$ROOT/requirements-lock.txt" torch torchvision
   echo "[setup] installing basicsr 1.4.2 and the other pinned packages ..."
   "${PIP[@]}" install --no-build-isolation -c "$ROOT/requirements-lock.txt" \
-    $(grep -v -E '^\s*(#|$)|^torch|^torchvision' "$ROOT/requirements.txt")
+    $(grep -v -E '^\s*(#|$)|^torch==|^torchvision==' "$ROOT/requirements.txt")
   stamp_of > "$VENV/.deps_stamp"
 fi
 if [ "$(cat "$VENV/.plugin_stamp" 2>/dev/null)" != "$(src_stamp_of)" ] || \

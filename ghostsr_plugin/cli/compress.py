@@ -11,7 +11,7 @@ import functools
 
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA
 from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES
-from ghostsr_plugin.pipeline.compression import STARTS, compress
+from ghostsr_plugin.pipeline.compression import BASELINES, STARTS, compress
 
 
 def main(argv=None):
@@ -45,6 +45,11 @@ def main(argv=None):
     parser.add_argument('--start', choices=STARTS, default='calibrate',
                         help='calibrate: fitted to the original\'s layer outputs on your images; cluster: §3.2\'s '
                         'k-means of the weights (calibrate)')
+    parser.add_argument('--baseline', choices=BASELINES,
+                        help='prune: instead of the Ghost network, the plain one with its channels pruned '
+                        '(Torch-Pruning DepGraph, magnitude), through the same fine-tune and report')
+    parser.add_argument('--prune_ratio', type=float, help='with --baseline prune: share of every hidden conv\'s '
+                        'channels removed (default: the share that leaves the Ghost network\'s params)')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='training device (cpu)')
     parser.add_argument('--nproc', type=int, default=1, help='training processes (torch.distributed.run) (1)')
     parser.add_argument('--lq_size', type=int, default=48, help='LR patch side (48)')
@@ -60,5 +65,5 @@ def main(argv=None):
              args.param_key, args.network_key, args.minutes, args.iters, args.inputs, args.val, args.val_share,
              args.bench, args.data, args.ghost_ratio, args.start, args.device, args.export, args.auto_resume,
              args.lq_size, args.batch_size, args.lr, args.nproc, args.seed, progress=not args.no_progress,
-             log=functools.partial(print, flush=True))
+             log=functools.partial(print, flush=True), baseline=args.baseline, prune_ratio=args.prune_ratio)
     return 0

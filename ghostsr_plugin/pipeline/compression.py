@@ -51,9 +51,10 @@ from ghostsr_plugin.utils.atomic import atomic_torch_save, atomic_write, atomic_
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
 from ghostsr_plugin.utils.errors import RunFailedError, UserInputError
 
-__all__ = ['STARTS', 'compress', 'split_images', 'calibration_inputs', 'crops_figure']
+__all__ = ['STARTS', 'BASELINES', 'compress', 'split_images', 'calibration_inputs', 'crops_figure']
 
 STARTS = ('calibrate', 'cluster')
+BASELINES = ('prune',)  # instead of the Ghost network: Torch-Pruning's structured channel pruning
 MANIFEST = 'compress.json'
 RUN_NAME = 'finetune'  # BasicSR's experiment under <out>/experiments/
 FREEZE_OFFSETS_AT = 0.75  # as the main job and options/finetune_GhostCARN_M_x2.yml
@@ -61,7 +62,7 @@ MAX_HELD_OUT = 8
 
 
 def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt,
-                     arch):
+                     arch, baseline, prune_ratio):
     if sum(x is not None for x in (model, opt, arch)) != 1:
         raise UserInputError('give the network as one of --model (a checkpoint), -opt (an option file) or --arch')
     if not images:
@@ -76,6 +77,10 @@ def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, 
         raise UserInputError(f'--inputs {inputs!r}: allowed {", ".join(INPUT_MODES)}')
     if start not in STARTS:
         raise UserInputError(f'--start {start!r}: allowed {", ".join(STARTS)}')
+    if baseline is not None and baseline not in BASELINES:
+        raise UserInputError(f'--baseline {baseline!r}: allowed {", ".join(BASELINES)}')
+    if prune_ratio is not None and (baseline != 'prune' or not 0 < prune_ratio < 1):
+        raise UserInputError(f'--prune_ratio {prune_ratio}: allowed a fraction in (0, 1), with --baseline prune')
     if not 0 < val_share < 1:
         raise UserInputError(f'--val_share {val_share}: allowed a fraction in (0, 1)')
     for option, value in (('--lq_size', lq_size), ('--batch_size', batch_size), ('--nproc', nproc)):
@@ -144,8 +149,11 @@ def _held_out_inputs(dataset_opt):
                                                                                      range(len(dataset)))}
 
 
-def _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log):
-    """The started Ghost network and its (possibly updated) options, and the start's report."""
+def _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log, baseline=None, prune_ratio=None):
+    """The started Ghost network (with ``baseline='prune'``: the pruned plain network) and its (possibly updated)
+    options, and the start's report."""
+    if baseline == 'prune':
+        return _pruned_start(plain, plain_opts, ghost_opts, calib[0], prune_ratio, log)
     if start == 'calibrate':
         try:
             from ghostsr_plugin.compress.calibration import calibrated_ghost
@@ -161,6 +169,21 @@ def _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log):
                           progress=progress)
     log(report_summary(report))
     return ghost, ghost_opts, {'method': 'cluster', 'layers': report}
+
+
+def _pruned_start(plain, plain_opts, ghost_opts, example, prune_ratio, log):
+    """The baseline's start: the plain network with every hidden conv's channels cut by ``prune_ratio`` (DepGraph,
+    magnitude), or when None by the ratio that leaves at most the Ghost network's share of the parameters."""
+    from ghostsr_plugin.compress.pruning import param_count, prune, ratio_for_params
+    target = param_count(build_network(copy.deepcopy(ghost_opts))) / param_count(plain)
+    if prune_ratio is None:
+        prune_ratio = ratio_for_params(plain, target, example)
+    pruned, keep = prune(plain, prune_ratio, example)
+    share = param_count(pruned) / param_count(plain)
+    log(f'start (prune): {prune_ratio:.3f} of every hidden conv\'s channels removed by magnitude; {share:.3f}x the '
+        f'params (the Ghost network: {target:.3f}x)')
+    return pruned, {'type': 'Pruned', 'network': plain_opts, 'keep': keep}, {
+        'method': 'prune', 'ratio': prune_ratio, 'params_share': share, 'ghost_params_share': target}
 
 
 def _train_options(out, scale, ghost_opts, plain_opts, train_set, val_set, total_iter, lr, device, nproc, seed):
@@ -230,19 +253,20 @@ def crops_figure(original, ghost, inputs, path, size=48, amplify=8):
     write_bytes(path, buffer.getvalue())
 
 
-def _report(out, scale, bench, data, fidelity_start, fidelity_end, start_report, train_info, log):
+def _report(out, scale, bench, data, fidelity_start, fidelity_end, start_report, train_info, log, label='Ghost'):
     """``report.md/.json/.png`` (the comparison of :mod:`ghostsr_plugin.measure.comparison` plus fidelity)."""
-    from ghostsr_plugin.measure.comparison import load_entries, markdown, measure, pair_twins, plot
-    entries = pair_twins(load_entries([f'{out}/original.yml:{out}/original.pth', f'{out}/ghost.yml:{out}/ghost.pth'],
-                                      labels=['original', 'Ghost']))
+    from ghostsr_plugin.measure.comparison import load_entries, markdown, measure, plot
+    entries = load_entries([f'{out}/original.yml:{out}/original.pth', f'{out}/ghost.yml:{out}/ghost.pth'],
+                           labels=['original', label])
+    entries[1].twin = 'original'  # timed side by side with the original, ratios to it (a Pruned net is no twin)
     settings = measure(entries, tuple(bench), os.path.join(data, 'benchmark'), (1, 3, 128, 128), (1, 3, 128, 128),
                        repeats=10, warmup=2)
     lines = ['# compress report', '', markdown(entries, settings), '',
              '## Fidelity to the original network (held-out images, PSNR of the two outputs)', '',
              '| network | RGB PSNR (dB) | Y PSNR (dB) |', '|---|---|---|',
-             f'| Ghost, start ({start_report["method"]}) | {fidelity_start["psnr_rgb"]:.2f} | '
+             f'| {label}, start ({start_report["method"]}) | {fidelity_start["psnr_rgb"]:.2f} | '
              f'{fidelity_start["psnr_y"]:.2f} |',
-             f'| Ghost, after {train_info["total_iter"]} iterations | {fidelity_end["psnr_rgb"]:.2f} | '
+             f'| {label}, after {train_info["total_iter"]} iterations | {fidelity_end["psnr_rgb"]:.2f} | '
              f'{fidelity_end["psnr_y"]:.2f} |', '',
              f'Held-out images: {", ".join(fidelity_end["images"])}. Fine-tune: {train_info["total_iter"]} '
              f'iterations ({train_info["minutes"]:.1f} min); the best checkpoint by RGB fidelity is kept.']
@@ -291,23 +315,29 @@ def _check_out(out, record, auto_resume):
 def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretrained=None, param_key='params',
              network_key='network_g', minutes=None, iters=None, inputs='as-is', val=None, val_share=0.1, bench=(),
              data=DEFAULT_DATA, ghost_ratio=0.5, start='calibrate', device='cpu', export=False, auto_resume=False,
-             lq_size=48, batch_size=16, lr=5e-4, nproc=1, seed=0, progress=True, log=print):
+             lq_size=48, batch_size=16, lr=5e-4, nproc=1, seed=0, progress=True, log=print, baseline=None,
+             prune_ratio=None):
     """Compress the network (``model`` | ``opt`` | ``arch`` + ``pretrained``) on the images of ``images`` into
     ``out`` (the steps and files in the module docstring). ``minutes`` (default 15 when ``iters`` is not given)
-    or ``iters`` is the fine-tune's budget. Returns the report (as ``report.json``)."""
+    or ``iters`` is the fine-tune's budget. ``baseline='prune'`` starts from the plain network with its channels
+    pruned (:mod:`ghostsr_plugin.compress.pruning`; by ``prune_ratio``, default the ratio that matches the Ghost
+    network's params) instead of the Ghost network, with the same fine-tune, files and report. Returns the report
+    (as ``report.json``)."""
     from ghostsr_plugin.compress.from_checkpoint import plain_network
     from ghostsr_plugin.measure.quality import fidelity
     images = [images] if isinstance(images, str) else list(images or [])
     val = [val] if isinstance(val, str) else list(val or [])
     if minutes is None and iters is None:
         minutes = 15
-    _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt, arch)
+    _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt, arch,
+                     baseline, prune_ratio)
     out = os.path.abspath(out)
     data = os.path.abspath(data)
     record = _arguments_record(images=images, model=model, opt=opt, arch=arch, arch_args=arch_args,
                                pretrained=pretrained, param_key=param_key, network_key=network_key, minutes=minutes,
                                iters=iters, inputs=inputs, val=val, val_share=val_share, ghost_ratio=ghost_ratio,
-                               start=start, lq_size=lq_size, batch_size=batch_size, lr=lr, seed=seed)
+                               start=start, lq_size=lq_size, batch_size=batch_size, lr=lr, seed=seed,
+                               baseline=baseline, prune_ratio=prune_ratio)
     manifest = _check_out(out, record, auto_resume)
     train_paths, held_paths = split_images(images, val, val_share)
     if bench:
@@ -348,7 +378,8 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
             if trace_size != 16:
                 ghost_opts['trace_size'] = trace_size
             calib = calibration_inputs(train_set, seed=seed)
-            ghost, ghost_opts, start_report = _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log)
+            ghost, ghost_opts, start_report = _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log,
+                                                     baseline, prune_ratio)
             atomic_torch_save({'params': ghost.state_dict()}, os.path.join(out, 'start.pth'))
             ghost.eval()
             fidelity_start = fidelity(ghost, plain, held_out)
@@ -391,7 +422,8 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
         crops_figure(plain, ghost, dict(list(held_out.items())[:3]), os.path.join(out, 'crops.png'))
         train_info = {'total_iter': manifest['total_iter'], 'minutes': manifest.get('train_minutes', 0.0),
                       'checkpoint': 'best' if os.path.isfile(best) else 'latest'}
-        _report(out, scale, bench, data, manifest['fidelity_start'], fidelity_end, manifest['start'], train_info, log)
+        _report(out, scale, bench, data, manifest['fidelity_start'], fidelity_end, manifest['start'], train_info, log,
+                label='Pruned' if baseline else 'Ghost')
         if export:
             from ghostsr_plugin.deploy.exporters import export_network
             export_network(os.path.join(out, 'ghost.yml'), os.path.join(out, 'ghost.pth'), os.path.join(out, 'ghost'),
