@@ -1,8 +1,9 @@
 // The ghost operation of GhostSR (Nie et al., §3.1, Eq. 1-6): op registration and the CPU kernels.
 //
 // Ops (namespace ghostsr, see ghost_shift.h for the semantics):
-//   ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False) -> [N, c_out, H, W]
-//       forward, Eq. 1-2 with the one-hot W of Eq. 5; optional fused epilogue residual + scale * relu?(Y)
+//   ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0)
+//       -> [N, c_out, H, W]: forward, Eq. 1-2 with the one-hot W of Eq. 5; optional fused epilogue
+//       residual + scale * act(Y), act = ReLU (slope 0) or leaky ReLU when relu, else none
 //   ghost_shift_backward(grad_out, index, offset, d, num_in) -> dL/dx     transposed move, summed per source channel
 //   ghost_shift_offset_grad(grad_out, x, index, d) -> [(2d+1)^2]          straight-through dL/dS(W') of Eq. 6
 // The autograd formula and the fake (meta) functions are registered from Python (ghostsr_plugin/ops/backend.py).
@@ -86,7 +87,7 @@ int64_t grain_for(int64_t elems_per_task) {
 // runs of elements to a Writer, which stores them:
 //   * BitWriter: the plain op; pure data movement on the raw bits (S = unsigned integer of the element size), exact
 //     for every dtype, zero fill is all-zero bits (+0.0);
-//   * EpilogueWriter: the fused epilogue out = residual + scale * relu?(value), in the same pass.
+//   * EpilogueWriter: the fused epilogue out = residual + scale * act(value), in the same pass.
 // Short runs are plain loops the compiler vectorises (the build disables their conversion into memcpy calls);
 // long ones go to memcpy/memset.
 
@@ -122,18 +123,25 @@ struct BitWriter {
   }
 };
 
-// out = residual + scale * relu?(value), rounded to T after each step as the separate PyTorch ops round (relu; a
-// multiplication by a Python scalar computes in opmath and rounds; the addition rounds).
-template <typename T, bool Relu, bool Residual>
+// The epilogue's activation: none, ReLU (torch.relu: +0 for v < 0) or leaky ReLU with a nonzero slope.
+enum class Act { kNone, kRelu, kLeaky };
+
+// out = residual + scale * act(value), rounded to T after each step as the separate PyTorch ops round (relu; leaky
+// ReLU in opmath, rounded; a multiplication by a Python scalar computes in opmath and rounds; the addition rounds).
+// Leaky ReLU is v * (v > 0 ? unit : slope) as PyTorch's vectorised kernel computes it (the value of
+// v > 0 ? v : v * slope). `unit` is 1 held as data, not a literal: GCC folds v * 1 and turns the select into a branch
+// around v * slope, which its default -ftrapping-math keeps from vectorising (25x slower on mixed signs).
+template <typename T, Act Activation, bool Residual>
 struct EpilogueWriter {
   using Elem = T;
   using A = at::opmath_type<T>;
   T* out;
   const T* residual;
-  A scale;
+  A scale, slope, unit;
 
-  static T apply(A v, T r, A s) {
-    if constexpr (Relu) v = v < A(0) ? A(0) : v;
+  static T apply(A v, T r, A s, A slope, A unit) {
+    if constexpr (Activation == Act::kRelu) v = v < A(0) ? A(0) : v;
+    if constexpr (Activation == Act::kLeaky) v = static_cast<A>(static_cast<T>(v * (v > A(0) ? unit : slope)));
     const T scaled = static_cast<T>(v * s);
     if constexpr (Residual) {
       return static_cast<T>(static_cast<A>(r) + static_cast<A>(scaled));
@@ -146,15 +154,15 @@ struct EpilogueWriter {
     T* __restrict__ dst = out + pos;
     const T* __restrict__ src = src_in;
     const T* __restrict__ res = Residual ? residual + pos : nullptr;
-    const A s = scale;  // locals: stores through dst cannot change them, so the loop vectorises
-    for (int64_t i = 0; i < len; ++i) dst[i] = apply(static_cast<A>(src[i]), Residual ? res[i] : T(0), s);
+    const A s = scale, a = slope, u = unit;  // locals: stores through dst cannot change them, so the loop vectorises
+    for (int64_t i = 0; i < len; ++i) dst[i] = apply(static_cast<A>(src[i]), Residual ? res[i] : T(0), s, a, u);
   }
 
   void zero(int64_t pos, int64_t len) const {
     T* __restrict__ dst = out + pos;
     const T* __restrict__ res = Residual ? residual + pos : nullptr;
-    const A s = scale;
-    for (int64_t i = 0; i < len; ++i) dst[i] = apply(A(0), Residual ? res[i] : T(0), s);
+    const A s = scale, a = slope, u = unit;
+    for (int64_t i = 0; i < len; ++i) dst[i] = apply(A(0), Residual ? res[i] : T(0), s, a, u);
   }
 };
 
@@ -286,24 +294,31 @@ struct BitsOf<8> {
   using type = uint64_t;
 };
 
-template <typename T, typename Run>
-void with_epilogue(bool relu, bool residual, T* out, const T* res, double scale, const Run& run) {
+template <typename T, Act Activation, typename Run>
+void with_residual(bool residual, T* out, const T* res, double scale, double slope, const Run& run) {
   using A = at::opmath_type<T>;
-  const A s = static_cast<A>(scale);
-  if (relu && residual) {
-    run(EpilogueWriter<T, true, true>{out, res, s});
-  } else if (relu) {
-    run(EpilogueWriter<T, true, false>{out, res, s});
-  } else if (residual) {
-    run(EpilogueWriter<T, false, true>{out, res, s});
+  const A s = static_cast<A>(scale), a = static_cast<A>(slope);
+  if (residual) {
+    run(EpilogueWriter<T, Activation, true>{out, res, s, a, A(1)});
   } else {
-    run(EpilogueWriter<T, false, false>{out, res, s});
+    run(EpilogueWriter<T, Activation, false>{out, res, s, a, A(1)});
+  }
+}
+
+template <typename T, typename Run>
+void with_epilogue(bool relu, double slope, bool residual, T* out, const T* res, double scale, const Run& run) {
+  if (!relu) {
+    with_residual<T, Act::kNone>(residual, out, res, scale, slope, run);
+  } else if (slope == 0.0) {
+    with_residual<T, Act::kRelu>(residual, out, res, scale, slope, run);
+  } else {
+    with_residual<T, Act::kLeaky>(residual, out, res, scale, slope, run);
   }
 }
 
 at::Tensor ghost_shift_cpu(const at::Tensor& x_in, const at::Tensor& index, int64_t offset, int64_t d,
                            const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual_in,
-                           double scale, bool relu) {
+                           double scale, bool relu, double negative_slope) {
   check_forward_args(x_in, index, offset, d, probs);
   const int64_t c_out = index.size(0);
   const auto [cl, x, residual, out] = forward_tensors(x_in, c_out, residual_in);
@@ -328,7 +343,7 @@ at::Tensor ghost_shift_cpu(const at::Tensor& x_in, const at::Tensor& index, int6
       run(BitWriter<S>{reinterpret_cast<S*>(out_data)});
     } else {
       const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
-      with_epilogue<scalar_t>(relu, residual.defined(), out_data, res, scale, run);
+      with_epilogue<scalar_t>(relu, negative_slope, residual.defined(), out_data, res, scale, run);
     }
   });
   return out;
@@ -577,7 +592,7 @@ TORCH_LIBRARY(ghostsr, m) {
   m.set_python_module("ghostsr_plugin.ops.backend");
   m.def(
       "ghost_shift(Tensor x, Tensor index, int offset, int d, Tensor? probs=None, Tensor? residual=None, "
-      "float scale=1.0, bool relu=False) -> Tensor");
+      "float scale=1.0, bool relu=False, float negative_slope=0.0) -> Tensor");
   m.def("ghost_shift_backward(Tensor grad_out, Tensor index, int offset, int d, int num_in) -> Tensor");
   m.def("ghost_shift_offset_grad(Tensor grad_out, Tensor x, Tensor index, int d) -> Tensor");
 }

@@ -7,8 +7,10 @@
 //     zero where (y + dy, x + dx) falls outside the map;
 //   * output channel c is entry index[c] of the virtual concatenation [I, G] (2n channels):
 //     index[c] < n copies I[index[c]], index[c] >= n is the ghost G[index[c] - n].
-// Optional fused epilogue (forward only; its gradient is composed in Python): out = residual + scale * relu?(Y),
-// each step rounded to the dtype as the separate PyTorch ops would (relu, then * scale, then residual +).
+// Optional fused epilogue (forward only; its gradient is composed in Python): out = residual + scale * act(Y),
+// act = torch.relu when relu and negative_slope == 0, leaky_relu(Y, negative_slope) when relu and the slope is
+// nonzero, none otherwise; each step rounded to the dtype as the separate PyTorch ops would (act, then * scale,
+// then residual +).
 // Backward: dL/dI is the transposed move of the ghost gradients plus the intrinsic ones, summed per source
 // channel; the straight-through gradient of Eq. 6 to S(W') is the K = (2d+1)^2 reductions
 // sum_{ghost c} <dL/dY_c, shift_k(I_src(c))>.
@@ -88,7 +90,7 @@ inline void check_forward_args(const at::Tensor& x, const at::Tensor& index, int
   }
 }
 
-// The optional fused epilogue of the forward: out = residual + scale * relu?(ghost output).
+// The optional fused epilogue of the forward: out = residual + scale * act(ghost output).
 inline void check_residual(const at::Tensor& residual, const at::Tensor& x, int64_t c_out) {
   TORCH_CHECK(residual.dim() == 4 && residual.size(0) == x.size(0) && residual.size(1) == c_out &&
                   residual.size(2) == x.size(2) && residual.size(3) == x.size(3),
@@ -156,7 +158,7 @@ inline at::ScalarType offset_grad_dtype(at::ScalarType features) {
 #ifdef GHOSTSR_WITH_CUDA
 at::Tensor ghost_shift_cuda(const at::Tensor& x, const at::Tensor& index, int64_t offset, int64_t d,
                             const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual,
-                            double scale, bool relu);
+                            double scale, bool relu, double negative_slope);
 at::Tensor ghost_shift_backward_cuda(const at::Tensor& grad_out, const at::Tensor& index, int64_t offset, int64_t d,
                                      int64_t num_in);
 at::Tensor ghost_shift_offset_grad_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& index,

@@ -7,7 +7,7 @@
 // vector loads and stores; a horizontal move dx reads the two aligned vectors that hold the V source elements and
 // funnels them (the funnel position is uniform, a compile-time template). Channels_last: a thread moves V
 // consecutive channels of one pixel, vectorised where the channel map is a run of V aligned channels. The optional
-// fused epilogue (residual + scale * relu?(Y)) is applied in registers before the store.
+// fused epilogue (residual + scale * act(Y), act a ReLU or leaky ReLU) is applied in registers before the store.
 // A channel map value out of range stops the kernel with a device-side assertion; nothing is read out of bounds.
 #include "ghost_shift.h"
 
@@ -95,30 +95,32 @@ __device__ __forceinline__ bool valid_entry(int64_t e, int64_t n) {
   return ok;
 }
 
-// The forward's optional fused epilogue on V output elements: residual + scale * relu?(v), rounded to T after each
-// step as the separate PyTorch ops round. `residual` points at the same elements in the residual (or is null).
+// Epilogue arguments of a launch: residual + scale * act(Y), act torch.relu (`relu`), leaky ReLU of `slope`
+// (`leaky`) or none; `active` is false for the plain op.
+template <typename T>
+struct EpilogueArgs {
+  const T* residual;
+  at::opmath_type<T> scale, slope;
+  bool relu, leaky, active;
+};
+
+// The forward's optional fused epilogue on V output elements, rounded to T after each step as the separate PyTorch
+// ops round (leaky ReLU as PyTorch's kernels: v * (v > 0 ? 1 : slope) in opmath, rounded, the same value as
+// v > 0 ? v : v * slope). `residual` points at the same elements in the residual (or is null).
 template <typename T, int V>
-__device__ __forceinline__ void apply_epilogue(Pack<T, V>& p, const T* residual, at::opmath_type<T> scale,
-                                               bool relu) {
+__device__ __forceinline__ void apply_epilogue(Pack<T, V>& p, const T* residual, const EpilogueArgs<T>& epi) {
   using A = at::opmath_type<T>;
   Pack<T, V> r;
   if (residual != nullptr) r = *reinterpret_cast<const Pack<T, V>*>(residual);
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     A v = static_cast<A>(p.v[j]);
-    if (relu) v = v < A(0) ? A(0) : v;
-    const T scaled = static_cast<T>(v * scale);
+    if (epi.relu) v = v < A(0) ? A(0) : v;
+    if (epi.leaky) v = static_cast<A>(static_cast<T>(v * (v > A(0) ? A(1) : epi.slope)));
+    const T scaled = static_cast<T>(v * epi.scale);
     p.v[j] = residual != nullptr ? static_cast<T>(static_cast<A>(r.v[j]) + static_cast<A>(scaled)) : scaled;
   }
 }
-
-// Epilogue arguments of a launch; `active` is false for the plain op.
-template <typename T>
-struct EpilogueArgs {
-  const T* residual;
-  at::opmath_type<T> scale;
-  bool relu, active;
-};
 
 // Segments of an NCHW plane: `rows` rows each, so a segment holds about kSegmentElems elements.
 struct Segments {
@@ -154,7 +156,7 @@ __global__ void forward_nchw_kernel(const T* __restrict__ x, T* __restrict__ out
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
     const int64_t y = y0 + i / wv, x0 = (i % wv) * V, pos = plane_offset + y * W + x0;
     Pack<T, V> val = load_moved<T, V>(src, H, W, y, x0, mdy, mdx);
-    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi.scale, epi.relu);
+    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi);
     *reinterpret_cast<Pack<T, V>*>(out + pos) = val;
   }
 }
@@ -194,7 +196,7 @@ __global__ void forward_nhwc_kernel(const T* __restrict__ x, T* __restrict__ out
       }
     }
     const int64_t pos = pixel * c_out + c0;
-    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi.scale, epi.relu);
+    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi);
     *reinterpret_cast<Pack<T, V>*>(out + pos) = val;
   }
 }
@@ -406,7 +408,7 @@ __global__ void offset_grad_nhwc_kernel(const T* __restrict__ g, const T* __rest
 
 at::Tensor ghost_shift_cuda(const at::Tensor& x_in, const at::Tensor& index_in, int64_t offset, int64_t d,
                             const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual_in,
-                            double scale, bool relu) {
+                            double scale, bool relu, double negative_slope) {
   check_forward_args(x_in, index_in, offset, d, probs);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor index = index_in.contiguous();
@@ -421,7 +423,12 @@ at::Tensor ghost_shift_cuda(const at::Tensor& x_in, const at::Tensor& index_in, 
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const int64_t* idx = index.const_data_ptr<int64_t>();
     const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
-    const EpilogueArgs<scalar_t> epi{res, static_cast<at::opmath_type<scalar_t>>(scale), relu,
+    using A = at::opmath_type<scalar_t>;
+    const EpilogueArgs<scalar_t> epi{res,
+                                     static_cast<A>(scale),
+                                     static_cast<A>(negative_slope),
+                                     relu && negative_slope == 0.0,
+                                     relu && negative_slope != 0.0,
                                      relu || res != nullptr || scale != 1.0};
     if (cl) {
       const int v = vector_width<scalar_t>(c_out, {src, dst, res});

@@ -14,8 +14,8 @@ What is compared, and how strictly:
   float/double, the reference sums in the tensor's own dtype).
 * ``gradcheck`` in float64 for the features; the straight-through gradient is checked against autograd of its
   soft surrogate ``sum_k S_k shift_k(I)``.
-* the fused epilogue ``residual + scale * relu?(Y)``: ``torch.equal`` against ``torch.relu``, ``* scale`` and
-  ``residual +`` run one after the other, forward and gradients.
+* the fused epilogue ``residual + scale * act(Y)`` (act: ReLU, leaky ReLU or none): ``torch.equal`` against
+  ``torch.relu`` / ``F.leaky_relu``, ``* scale`` and ``residual +`` run one after the other, forward and gradients.
 
 Every test that needs the compiled extension fails (not skips) when it is missing, so CI notices a broken build,
 unless ``GHOSTSR_NO_EXT=1`` says the build was skipped on purpose; the fallback and input-check tests run either way.
@@ -25,6 +25,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ghostsr_plugin  # noqa: F401  (registration)
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
@@ -322,16 +323,24 @@ def test_opcheck():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The fused epilogue: residual + scale * relu?(Y), as the separate ops compute it.
+# The fused epilogue: residual + scale * act(Y), as the separate ops compute it.
 
 EPILOGUES = [dict(relu=True), dict(residual=True), dict(residual=True, scale=0.1), dict(relu=True, scale=-0.3),
-             dict(relu=True, residual=True, scale=0.5)]
+             dict(relu=True, residual=True, scale=0.5), dict(relu=True, negative_slope=0.2),
+             dict(relu=True, negative_slope=0.01, scale=0.5), dict(relu=True, negative_slope=0.2, residual=True),
+             dict(relu=True, negative_slope=0.01, residual=True, scale=-0.3), dict(relu=True, negative_slope=-0.3)]
 
 
-def separate_ops(out, residual=None, scale=1.0, relu=False):
+def epilogue_args(epilogue, residual):
+    """The keyword arguments of the epilogue in ``EPILOGUES`` with its residual tensor (or None)."""
+    return dict(residual=residual, scale=epilogue.get('scale', 1.0), relu=epilogue.get('relu', False),
+                negative_slope=epilogue.get('negative_slope', 0.0))
+
+
+def separate_ops(out, residual=None, scale=1.0, relu=False, negative_slope=0.0):
     """The ops the epilogue fuses, one after the other, as a residual block runs them."""
     if relu:
-        out = torch.relu(out)
+        out = F.leaky_relu(out, negative_slope) if negative_slope else torch.relu(out)
     if scale != 1.0 or residual is not None:
         out = out * scale
     return out if residual is None else residual + out
@@ -347,10 +356,11 @@ def test_epilogue_forward_exact(dtype, layout):
         for index in maps(n).values():
             for d, k in [(1, 0), (1, 4), (1, 5), (2, 13)]:
                 residual = features(C_OUT, dtype, layout, seed=7) if epilogue.get('residual') else None
-                kwargs = dict(residual=residual, scale=epilogue.get('scale', 1.0), relu=epilogue.get('relu', False))
+                kwargs = epilogue_args(epilogue, residual)
                 expected = separate_ops(ghost_shift_reference(x, index, k, d), **kwargs)
-                out = op.ghost_shift(x, index, k, d, None, kwargs['residual'], kwargs['scale'], kwargs['relu'])
+                out = op.ghost_shift(x, index, k, d, None, *kwargs.values())
                 assert torch.equal(out, expected), (epilogue, d, k)
+                assert torch.equal(out.signbit(), expected.signbit()), (epilogue, d, k)  # -0.0 where they give it
                 assert torch.equal(backend.ghost_shift(x, index, k, d, **kwargs), expected)
 
 
@@ -373,7 +383,7 @@ def test_epilogue_backward(layout):
             x = features(4, dtype, layout).requires_grad_()
             residual = features(C_OUT, dtype, layout, seed=7).requires_grad_() if epilogue.get('residual') else None
             probs = torch.softmax(torch.randn(9), 0).requires_grad_()
-            kwargs = dict(residual=residual, scale=epilogue.get('scale', 1.0), relu=epilogue.get('relu', False))
+            kwargs = epilogue_args(epilogue, residual)
             grad = features(C_OUT, dtype, layout, seed=5)
             index = default_index(C_OUT, 4)
             results = []
@@ -398,8 +408,12 @@ def test_epilogue_opcheck_and_gradcheck():
     residual = features(7, torch.float64, 'nchw', shape=(2, 5, 6), seed=2).requires_grad_()
     torch.library.opcheck(op.ghost_shift.default, (x, index, 3, 1, None, residual, 0.25, True))
     torch.library.opcheck(op.ghost_shift.default, (x, index, 3, 1, None, None, 1.0, True))
+    torch.library.opcheck(op.ghost_shift.default, (x, index, 3, 1, None, residual, 0.25, True, 0.2))
+    torch.library.opcheck(op.ghost_shift.default, (x, index, 3, 1, None, None, 1.0, True, 0.01))
     assert torch.autograd.gradcheck(lambda a, r: op.ghost_shift(a, index, 6, 1, None, r, -0.5, False), (x, residual))
     assert torch.autograd.gradcheck(lambda a: op.ghost_shift(a, index, 6, 1, None, None, 1.0, True), (x, ))
+    for slope in (0.2, -0.3):  # the leaky mask from the output (slope >= 0) and from the recomputed Y
+        assert torch.autograd.gradcheck(lambda a: op.ghost_shift(a, index, 6, 1, None, None, 1.0, True, slope), (x, ))
 
 
 @requires_ext
@@ -498,8 +512,25 @@ def test_torch_export():
 
 
 @requires_ext
+def test_torch_export_keeps_the_fused_leaky_relu():
+    index = default_index(8, 4)
+
+    class Layer(torch.nn.Module):
+
+        def forward(self, x, residual):
+            return backend.ghost_shift(x, index, 3, 1, residual=residual, scale=0.2, relu=True, negative_slope=0.2)
+
+    x, residual = torch.randn(1, 4, 6, 7), torch.randn(1, 8, 6, 7)
+    exported = torch.export.export(Layer(), (x, residual))
+    assert 'ghostsr.ghost_shift' in exported.graph_module.code
+    expected = separate_ops(ghost_shift_reference(x, index, 3, 1), residual, 0.2, True, 0.2)
+    assert torch.equal(exported.module()(x, residual), expected)
+
+
+@requires_ext
+@pytest.mark.parametrize('slope', [0.0, 0.2])
 @pytest.mark.parametrize('mode', ['decompose', 'op', None])
-def test_torch_compile_traces_plain_ops_unless_told(mode, monkeypatch):
+def test_torch_compile_traces_plain_ops_unless_told(mode, slope, monkeypatch):
     """Under torch.compile the ghost op is traced as the reference's plain ops (Inductor can fuse them), or kept as
     the compiled op with GHOSTSR_COMPILE=op; either way one graph, with values equal to eager."""
     if mode is not None:
@@ -512,7 +543,7 @@ def test_torch_compile_traces_plain_ops_unless_told(mode, monkeypatch):
         return graph_module.forward
 
     def fn(x):
-        return backend.ghost_shift(x, index, 7, 1, relu=True)
+        return backend.ghost_shift(x, index, 7, 1, relu=True, negative_slope=slope)
 
     torch._dynamo.reset()
     x = torch.randn(2, 4, 6, 7)
@@ -583,6 +614,8 @@ def test_cuda_matches_reference(dtype, layout, shape):
                 residual = features(C_OUT, dtype, layout, seed=1, shape=shape)
                 fused = op.ghost_shift(xc, ic, k, d, None, residual.cuda(), 0.1, True).cpu()
                 assert torch.equal(fused, separate_ops(ghost_shift_reference(x, index, k, d), residual, 0.1, True))
+                leaky = op.ghost_shift(xc, ic, k, d, None, residual.cuda(), 0.1, True, 0.2).cpu()
+                assert torch.equal(leaky, separate_ops(ghost_shift_reference(x, index, k, d), residual, 0.1, True, 0.2))
 
 
 @requires_cuda

@@ -139,6 +139,32 @@ def test_fused_relu_equals_conv_then_relu(backend, monkeypatch):
     assert torch.equal(g_fused, g_plain)
 
 
+@pytest.mark.parametrize('slope', [0.2, 0.01])
+@pytest.mark.parametrize('backend', ['auto', 'reference'])
+def test_fused_leaky_relu_equals_conv_then_leaky_relu(backend, slope, monkeypatch):
+    """``relu=True, negative_slope=s`` (ESRGAN's conv + LeakyReLU pairs) gives exactly ``leaky_relu(Y, s)``, alone
+    and before ``residual + scale *``, forward and backward (x, the weights, the residual), NCHW and channels_last."""
+    monkeypatch.setenv('GHOSTSR_BACKEND', backend)
+    torch.manual_seed(0)
+    fused = GhostConv2d(6, 8, shift_mode='fixed', offset=(1, -1), relu=True, negative_slope=slope)
+    plain = GhostConv2d(6, 8, shift_mode='fixed', offset=(1, -1))
+    plain.load_state_dict(fused.state_dict())
+    assert f'relu=True, negative_slope={slope}' in repr(fused)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 6, 7, 5).contiguous(memory_format=layout).requires_grad_()
+        for residual, scale in ((None, 1.0), (torch.randn(2, 8, 7, 5, requires_grad=True), 0.2)):
+            out = fused(x, residual, scale)
+            expected = F.leaky_relu(plain(x), slope)
+            if residual is not None:
+                expected = residual + expected * scale
+            assert torch.equal(out, expected)
+            inputs = [x, fused.weight, fused.bias] + ([residual] if residual is not None else [])
+            ref_inputs = [x, plain.weight, plain.bias] + ([residual] if residual is not None else [])
+            grad = torch.randn_like(out)
+            ours, ref = torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, ref_inputs, grad)
+            assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+
+
 def test_network_deepcopies_after_a_training_forward():
     """An EMA/SWA copy (``copy.deepcopy``) made after a training step works: before, the layers' per-forward plan
     held Gumbel probabilities inside the autograd graph and deepcopy raised. The copy computes the same eval output."""

@@ -10,6 +10,7 @@ from torch import nn
 
 import ghostsr_plugin
 from basicsr.archs.edsr_arch import EDSR
+from basicsr.archs.rrdbnet_arch import RRDBNet
 from ghostsr_plugin.archs.carn_arch import CARN, CARN_M, GhostCARN, GhostCARN_M
 from ghostsr_plugin.archs.edsr_arch import GhostEDSR
 from ghostsr_plugin.archs.rdn_arch import RDN, GhostRDN
@@ -70,6 +71,34 @@ def test_edsr_epilogues_are_fused_and_give_the_unfused_values():
     reference(x).square().mean().backward()
     for (name, a), b in zip(net.named_parameters(), reference.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_esrgan_shared_leaky_relu_is_fused_and_gives_the_unfused_values():
+    """RRDBNet's dense blocks share one in-place ``nn.LeakyReLU(0.2)`` after conv1..conv4: all four fuse it (and the
+    module becomes ``nn.Identity``); the top-level ``lrelu`` also sees a plain conv's output (conv_up1 feeds an
+    upsampler), so it stays and conv_up2 / conv_hr keep it unfused. Same outputs and gradients as unfused."""
+    torch.manual_seed(0)
+    args = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+    net = ghostify(RRDBNet(**args))
+    report = net.ghostify_report
+    block = net.body[0].rdb1
+    assert [report[f'body.0.rdb{i}.conv{j}']['fused'] for i in (1, 2, 3) for j in range(1, 6)] == (
+        ['leaky_relu'] * 4 + ['residual']) * 3
+    assert isinstance(block.lrelu, nn.Identity) and block.conv1.fused_negative_slope == 0.2
+    assert not report['conv_up1']['ghosted'] and report['conv_hr']['ghosted'] and report['conv_hr']['fused'] is None
+    assert type(net.lrelu) is nn.LeakyReLU and not net.conv_hr.fused_relu
+    assert 'fused leaky_relu' in format_report(report)
+    reference = ghostify(RRDBNet(**args), fuse=False)
+    reference.load_state_dict(net.state_dict())
+    x = torch.rand(2, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), reference.eval()(x))
+    net.train(), reference.train()
+    net.ghost_schedule.set_iteration(1), reference.ghost_schedule.set_iteration(1)
+    net(x).square().mean().backward()
+    reference(x).square().mean().backward()
+    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(a.grad, b.grad), name
 
 
 def test_report_says_why_layers_stay_plain():

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ghostsr_plugin.ops.shift import (centre_offset, default_index, ghost_shift_reference, offset_to_shift, shift2d,
-                                      shift_to_offset)
+from ghostsr_plugin.ops.shift import (centre_offset, default_index, ghost_shift, ghost_shift_reference, offset_to_shift,
+                                      shift2d, shift_to_offset)
 
 # 3x3 map with values 1..9; rows y, columns x
 MAP = torch.arange(1., 10.).view(1, 1, 3, 3)
@@ -96,6 +96,31 @@ def test_straight_through_gradient_equals_soft_path():
     (soft * weight).sum().backward()
     assert torch.allclose(logits.grad, grad_logits, atol=1e-12)
     assert torch.allclose(x.grad, grad_x, atol=1e-12)
+
+
+@pytest.mark.parametrize('slope', [0.0, 0.2, 0.01])
+@pytest.mark.parametrize('backend', ['auto', 'reference'])
+def test_fused_leaky_relu_equals_the_separate_ops(backend, slope, monkeypatch):
+    """``relu=True, negative_slope=s`` is ``F.leaky_relu(Y, s)`` (``torch.relu`` for s = 0), then ``* scale`` and
+    ``residual +``: the same values and gradients with either backend (exact for x and the residual; the compiled
+    op sums the gradient to S(W') in another order)."""
+    monkeypatch.setenv('GHOSTSR_BACKEND', backend)
+    torch.manual_seed(0)
+    index = torch.tensor([0, 4, 1, 5, 2, 3])
+    for residual, scale in ((None, 1.0), (torch.randn(2, 6, 5, 4, requires_grad=True), 0.2)):
+        x = torch.randn(2, 3, 5, 4, requires_grad=True)
+        probs = torch.softmax(torch.randn(9), 0).requires_grad_()
+        inputs = [t for t in (x, probs, residual) if t is not None]
+        grad = torch.randn(2, 6, 5, 4)
+        out = ghost_shift(x, index, 2, 1, probs, residual=residual, scale=scale, relu=True, negative_slope=slope)
+        y = ghost_shift_reference(x, index, 2, 1, probs)
+        expected = F.leaky_relu(y, slope) if slope else torch.relu(y)
+        if residual is not None:
+            expected = residual + expected * scale
+        assert torch.equal(out, expected)
+        ours, ref = torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)
+        assert torch.equal(ours[0], ref[0]) and all(torch.equal(a, b) for a, b in zip(ours[2:], ref[2:]))
+        torch.testing.assert_close(ours[1], ref[1])
 
 
 @pytest.mark.parametrize('call,message', [

@@ -8,6 +8,7 @@ An option file becomes a Ghost one by wrapping its network (checkpoints of the p
       network: {type: MSRResNet, num_in_ch: 3, num_out_ch: 3, upscale: 4}
       ghost_ratio: 0.5          # and the other ghost arguments, include / exclude
       reparameterize: true      # the default: re-parameterised blocks (SPAN, ECBSR) are merged first
+      layer_ratios: {body.3.conv1: 0.25}   # per-layer λ (a calibrated start writes them)
 
 A network with re-parameterised blocks (SPAN's Conv3XC, ECBSR's ECB) is ghostified in its deploy form (each block
 one 3×3 conv, :mod:`ghostsr_plugin.compress.reparam`); its checkpoints, which hold the branches, are merged the same
@@ -21,7 +22,8 @@ from ghostsr_plugin.compress.ghostifier import GHOST_ARGS, GHOST_ARGS_DOC, ghost
 
 
 @ARCH_REGISTRY.register()
-def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, reparameterize=True, **ghost_args):
+def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, reparameterize=True, layer_ratios=None,
+          **ghost_args):
     """Build ``network`` (BasicSR options of the plain network) and return its Ghost version
     (:func:`ghostsr_plugin.compress.ghostifier.ghostify`): the plain network's class and state-dict names, plus the
     ghost layers' channel maps / shift logits and ``ghost_schedule``.
@@ -34,8 +36,9 @@ def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, reparam
         trace_size (int): side of the input of the tracing forward (raise it for networks that need more). Default 16.
         reparameterize (bool): merge re-parameterised blocks into their deploy 3×3 conv first, so that they are
             ghosted (and then trained) as plain convs. Default True.
+        layer_ratios (dict[str, float]): ``{conv name: λ}`` overriding ``ghost_ratio`` for those ghosted layers, as a
+            calibrated start (:mod:`ghostsr_plugin.compress.calibration`) chooses them. Default none.
     """
-    from basicsr.archs import build_network
     if not isinstance(network, dict) or 'type' not in network:
         raise ValueError(f'network_g: type Ghost needs network: {{type: <plain arch>, ...}}, got {network!r}')
     if network['type'] == 'Ghost':
@@ -43,10 +46,13 @@ def Ghost(network, include=None, exclude=None, fuse=True, trace_size=16, reparam
     unknown = [k for k in ghost_args if k not in GHOST_ARGS]
     if unknown:
         raise ValueError(f'network_g: type Ghost has no option {unknown[0]!r}; allowed: network, '
-                         f'{", ".join(GHOST_ARGS)}, include, exclude, fuse, trace_size, reparameterize')
-    net = build_network(copy.deepcopy(network))
+                         f'{", ".join(GHOST_ARGS)}, include, exclude, fuse, trace_size, reparameterize, layer_ratios')
+    plain = copy.deepcopy(network)
+    # the registry's class itself, not basicsr.archs.build_network: that one sets BasicSR's logger up on its first
+    # call, and a Ghost network built by the up-front option checks would then leave the run without its log file
+    net = ARCH_REGISTRY.get(plain.pop('type'))(**plain)
     return ghostify(net, **ghost_args, include=include, exclude=exclude, fuse=fuse, trace_size=trace_size,
-                    reparameterize=reparameterize, inplace=True)
+                    reparameterize=reparameterize, layer_ratios=layer_ratios, inplace=True)
 
 
 Ghost.__doc__ = Ghost.__doc__.replace('{ghost_args}', GHOST_ARGS_DOC)

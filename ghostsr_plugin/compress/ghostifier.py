@@ -26,8 +26,9 @@ of each forward (:func:`~ghostsr_plugin.ops.schedule.attach_schedule`).
 
 Fused epilogues (the same values, fewer passes over the features), found in the same trace:
 
-* ``conv -> nn.ReLU`` module, when the ReLU module only ever sees such outputs: the ReLU runs inside the ghost op
-  and an ``nn.Identity`` takes the ReLU module's place (as in GhostRDN / GhostCARN / GhostCARN_M);
+* ``conv -> nn.ReLU`` or ``conv -> nn.LeakyReLU`` module (ESRGAN's shared ``lrelu``), when that module only ever
+  sees such outputs: the activation runs inside the ghost op and an ``nn.Identity`` takes the module's place (as in
+  GhostRDN / GhostCARN / GhostCARN_M);
 * ``x + conv(...) * s`` / ``x + conv(...)`` in the ``forward`` of a block (any module below the root whose direct
   child is a ghosted conv), found with ``torch.fx`` on that block alone (its children are leaves): the block is
   replaced by the rewritten ``GraphModule`` (same child names, so the same state-dict names), checked to give the
@@ -71,7 +72,7 @@ _CHANNELWISE = {
 # Reads that use no values (not consumers of a conv output for the ReLU fusion).
 _METADATA = {'size', 'dim', '__get__', 'numel', 'is_contiguous', 'is_floating_point', 'element_size', 'stride',
              'ndimension', 'nelement', 'get_device', '__len__', '__format__', '__bool__'}
-_RELU = {'relu', 'relu_'}
+_RELU = {'relu', 'relu_', 'leaky_relu', 'leaky_relu_'}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,12 +225,13 @@ def _trace_roles(net, convs, example):
                 block_inputs[name] = (tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs))
         return hook
 
-    relu_inputs, relu_names = {}, {}
+    relu_inputs, relu_names, relu_slopes = {}, {}, {}
     for conv in convs.values():
         handles += [conv.register_forward_pre_hook(conv_pre), conv.register_forward_hook(conv_post)]
     for name, module in net.named_modules():
-        if type(module) is nn.ReLU and id(module) not in relu_names:
+        if type(module) in (nn.ReLU, nn.LeakyReLU) and id(module) not in relu_names:
             relu_names[id(module)] = name
+            relu_slopes[name] = float(getattr(module, 'negative_slope', 0.0))  # nn.ReLU: 0
             handles += [module.register_forward_pre_hook(relu_pre), module.register_forward_hook(relu_post)]
         if name and any(isinstance(child, nn.Conv2d) for child in module.children()):
             handles.append(module.register_forward_pre_hook(block_pre(name), with_kwargs=True))
@@ -258,6 +260,7 @@ def _trace_roles(net, convs, example):
         'consumers': mode.consumers,
         'relu_inputs': {relu_names[k]: v for k, v in relu_inputs.items()},
         'relu_ids': {relu_names[k]: k for k in relu_inputs},
+        'relu_slopes': relu_slopes,
         'block_inputs': block_inputs,
     }
 
@@ -286,8 +289,8 @@ def _trace_with_default_input(net, convs, size):
 
 
 def _relu_fusions(roles, ghosted):
-    """{conv name: ReLU module name} for ghosted convs whose every output goes only into one nn.ReLU module that
-    never sees anything else."""
+    """{conv name: ReLU module name} for ghosted convs whose every output goes only into one nn.ReLU or
+    nn.LeakyReLU module that never sees anything else."""
     fusions = {}
     for conv in ghosted:
         uses = roles['consumers'].get(conv, [])
@@ -408,6 +411,23 @@ def _match(patterns, names, what, candidates):
     return matched
 
 
+def _layer_ratios(layer_ratios, report, ghost_ratio):
+    """{ghosted conv name: λ}: ``ghost_ratio`` unless ``layer_ratios`` names the layer; a name that is not a ghosted
+    convolution or a λ outside (0, 1) is an error."""
+    ratios = {name: ghost_ratio for name, entry in report.items() if entry['ghosted']}
+    for name, ratio in (layer_ratios or {}).items():
+        if name not in report:
+            raise ValueError(f'ghostify: layer_ratios names {name!r}, which is no convolution of the network')
+        if not report[name]['ghosted']:
+            raise ValueError(f'ghostify: layer_ratios names {name}, which stays plain ({report[name]["reason"]}); '
+                             'drop its ratio or include it')
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+            raise ValueError(f'ghostify: layer_ratios[{name!r}] (λ, the share of ghost features) must be in (0, 1), '
+                             f'got {ratio!r}')
+        ratios[name] = float(ratio)
+    return ratios
+
+
 def ghostify(net,
              ghost_ratio=0.5,
              ghost_d=1,
@@ -423,7 +443,8 @@ def ghostify(net,
              example_inputs=None,
              trace_size=16,
              inplace=False,
-             reparameterize=True):
+             reparameterize=True,
+             layer_ratios=None):
     """The Ghost version of any convolutional SR network (see the module docstring for the rules).
 
     Args:
@@ -433,7 +454,8 @@ def ghostify(net,
         include (list[str] | None): ``fnmatch`` patterns of convolutions to ghost even if the §4.1 rules keep them
             plain (they must be eligible).
         exclude (list[str] | None): patterns of convolutions to keep plain (wins over ``include``).
-        fuse (bool): fuse ReLU / residual epilogues into the ghost op where the pattern allows. Default True.
+        fuse (bool): fuse ReLU / LeakyReLU / residual epilogues into the ghost op where the pattern allows.
+            Default True.
         example_inputs ((tuple, dict) | None): forward arguments for the trace; default one 1 x C x 16 x 16 zeros
             input, C the first convolution's input channels.
         trace_size (int): side of the default trace input. Default 16.
@@ -441,13 +463,16 @@ def ghostify(net,
         reparameterize (bool): first replace the known re-parameterised blocks by their deploy form
             (:func:`ghostsr_plugin.compress.reparam.merge_reparameterized`): their merged 3×3 convs are then ghosted
             and trained directly, without the branches. Default True.
+        layer_ratios (dict[str, float] | None): ``{conv name: λ}`` overriding ``ghost_ratio`` for those ghosted
+            layers (a data-driven start gives fragile layers less ghosting; a layer not to ghost goes to
+            ``exclude``). Default None.
 
     Returns:
         nn.Module: the Ghost network (the same class, the same state-dict names plus ``ghost_index`` /
         ``shift_logits`` per ghost layer and ``ghost_schedule.iteration``; a merged block's names are those of its
         deploy form), with ``ghostify_report``: ``{conv name: {'ghosted': bool, 'reason': str,
-        'fused': None | 'relu' | 'residual', 'merged': None | block class}}`` (``merged``: the conv is the deploy
-        form of that re-parameterised block).
+        'fused': None | 'relu' | 'leaky_relu' | 'residual', 'merged': None | block class, 'ratio': λ | None}}``
+        (``merged``: the conv is the deploy form of that re-parameterised block; ``ratio``: a ghosted layer's λ).
     """
     if ghost_layers(net):
         raise ValueError(f'ghostify: {type(net).__name__} already has ghost layers (GhostConv2d); give the plain '
@@ -503,12 +528,17 @@ def ghostify(net,
         raise ValueError(f'ghostify: {type(net).__name__} has no convolution to ghost. Ghost layers are k x k convs '
                          '(odd k > 1, stride 1, dilation 1, zero "same" padding) other than the first, the last and '
                          f'those feeding an upsampler (include= overrides those three); here: {why or "no conv"}')
+    ratios = _layer_ratios(layer_ratios, report, ghost_ratio)
 
     relu_fusions = _relu_fusions(roles, set(ghosted)) if fuse else {}
+    slopes = {conv: roles['relu_slopes'][relu] for conv, relu in relu_fusions.items()}
     for name in ghosted:
         conv = convs[name]
-        layer = ghost.conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], groups=conv.groups,
-                           bias=conv.bias is not None, name=name, relu=name in relu_fusions)
+        options = ghost if ratios[name] == ghost_ratio else GhostOptions(ratios[name], ghost_d, shift_mode,
+                                                                           fixed_offset)
+        layer = options.conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], groups=conv.groups,
+                           bias=conv.bias is not None, name=name, relu=name in relu_fusions,
+                           negative_slope=slopes.get(name, 0.0))
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(conv.weight[:layer.out_channels])
@@ -518,7 +548,7 @@ def ghostify(net,
             if module is conv:
                 _set_module(net, alias, layer)
         if name in relu_fusions:
-            report[name]['fused'] = 'relu'
+            report[name]['fused'] = 'leaky_relu' if slopes[name] else 'relu'
     for relu_name in set(relu_fusions.values()):
         _set_module(net, relu_name, nn.Identity())
 
@@ -529,6 +559,8 @@ def ghostify(net,
                 for name in _fuse_residuals(net, block_name, modules[block_name], set(ghosted), block_example):
                     report[name]['fused'] = 'residual'
 
+    for name, entry in report.items():
+        entry['ratio'] = ratios.get(name)
     attach_schedule(net, schedule)
     net.ghostify_report = report
     return net
@@ -541,7 +573,8 @@ def format_report(report):
         mark = 'ghost' if entry['ghosted'] else 'plain'
         fused = f", fused {entry['fused']}" if entry['fused'] else ''
         merged = f", merged {entry['merged']}" if entry.get('merged') else ''
-        lines.append(f'{mark}  {name}: {entry["reason"]}{fused}{merged}')
+        ratio = f", λ={entry['ratio']:g}" if entry.get('ratio') is not None else ''
+        lines.append(f'{mark}  {name}: {entry["reason"]}{ratio}{fused}{merged}')
     ghosted = sum(e['ghosted'] for e in report.values())
     merged = sum(bool(e.get('merged')) for e in report.values())
     lines.append(f'{ghosted} of {len(report)} convolutions ghosted'

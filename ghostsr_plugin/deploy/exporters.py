@@ -126,6 +126,7 @@ class OnnxGhostConv2d(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
         self.dy, self.dx = shift
         self.d, self.fused_relu, self.shift_form = layer.d, layer.fused_relu, shift_form
+        self.fused_negative_slope = layer.fused_negative_slope
         n = layer.num_intrinsic
         index = layer.ghost_index.detach().clone()
         self.register_buffer('ghost_index', index)
@@ -156,7 +157,8 @@ class OnnxGhostConv2d(nn.Module):
     def forward(self, x, residual=None, scale=1.0, relu=None):
         intrinsic = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if self.fused_relu if relu is None else relu:
-            intrinsic = torch.relu(intrinsic)
+            slope = self.fused_negative_slope
+            intrinsic = F.leaky_relu(intrinsic, slope) if slope else torch.relu(intrinsic)
         if scale != 1.0:
             intrinsic = intrinsic * scale
         sources = intrinsic if self.sources_all else intrinsic.index_select(1, self.sources)

@@ -3,11 +3,12 @@
 The compiled extension ``ghostsr_plugin._C`` defines, with ``TORCH_LIBRARY`` (CPU kernels in C++ with OpenMP
 threads, CUDA kernels when built with them):
 
-* ``torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False)``: a ghost
-  layer's full output ``[N, c_out, H, W]`` from its intrinsic features ``x`` (§3.1, Eq. 1-2 with the one-hot W of
-  Eq. 5), in one pass, in the memory format of ``x`` (channels_last stays channels_last). The optional epilogue
-  fuses what follows a ghost layer in a residual block, ``residual + scale * relu?(Y)``, with the same rounding as
-  the separate ops (so it stays exact);
+* ``torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False,
+  negative_slope=0.0)``: a ghost layer's full output ``[N, c_out, H, W]`` from its intrinsic features ``x`` (§3.1,
+  Eq. 1-2 with the one-hot W of Eq. 5), in one pass, in the memory format of ``x`` (channels_last stays
+  channels_last). The optional epilogue fuses what follows a ghost layer, ``residual + scale * act(Y)`` with
+  ``act`` a ReLU (``relu``; a leaky ReLU when ``negative_slope`` is nonzero), with the same rounding as the
+  separate ops (so it stays exact);
 * ``torch.ops.ghostsr.ghost_shift_backward(grad_out, index, offset, d, num_in)``: the gradient to ``x`` (the
   transposed move, summed over the output channels sharing a source);
 * ``torch.ops.ghostsr.ghost_shift_offset_grad(grad_out, x, index, d)``: the straight-through gradient to
@@ -106,7 +107,7 @@ def _warn_fallback(device):
         warnings.warn(message, stacklevel=3)
 
 
-def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False):
+def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0):
     """Full output of a ghost layer from its intrinsic features (§3.1, Eq. 1-2, 5-6).
 
     Same arguments, value and gradients as :func:`ghostsr_plugin.ops.shift.ghost_shift_reference`; runs the compiled
@@ -114,8 +115,10 @@ def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=
     offsets outside the window, maps of the wrong shape or range); inside ``torch.compile`` the data-dependent
     value check is left to the compiled op, which checks every value itself.
 
-    Optional fused epilogue: ``residual + scale * relu(Y)`` (``relu`` a bool, ``residual`` a tensor of the output's
-    shape and dtype or None), equal to ``torch.relu``, ``* scale`` and ``residual +`` applied one after the other.
+    Optional fused epilogue: ``residual + scale * act(Y)`` (``relu`` a bool, ``residual`` a tensor of the output's
+    shape and dtype or None), equal to ``act``, ``* scale`` and ``residual +`` applied one after the other; ``act``
+    is ``torch.relu`` when ``relu`` and ``negative_slope == 0``, ``F.leaky_relu(Y, negative_slope)`` when ``relu``
+    and the slope is nonzero, none without ``relu`` (the slope is then unused).
     """
     epilogue = relu or residual is not None or scale != 1.0
     if epilogue:
@@ -124,14 +127,15 @@ def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=
         if _choice() != 'reference' and not torch.compiler.is_compiling():
             _warn_fallback(x.device)
         out = ghost_shift_reference(x, index, offset, d, probs)
-        return _reference_epilogue(out, residual, scale, relu) if epilogue else out
+        return _reference_epilogue(out, residual, scale, relu, negative_slope) if epilogue else out
     if not torch.compiler.is_compiling():
         check_ghost_inputs(x, index, offset, d, probs)
     if probs is not None and not (probs.requires_grad and torch.is_grad_enabled()):
         probs = None  # the value never depends on S(W'); pass it only to carry its gradient
     if not epilogue:
         return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs)
-    return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs, residual, float(scale), bool(relu))
+    return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs, residual, float(scale), bool(relu),
+                                         float(negative_slope))
 
 
 def _check_residual(residual, x, index):
@@ -145,10 +149,10 @@ def _check_residual(residual, x, index):
                          f'{x.dtype} on {x.device}')
 
 
-def _reference_epilogue(out, residual, scale, relu):
+def _reference_epilogue(out, residual, scale, relu, negative_slope):
     """The epilogue as separate PyTorch ops (what the fused kernels reproduce)."""
     if relu:
-        out = torch.relu(out)
+        out = torch.nn.functional.leaky_relu(out, negative_slope) if negative_slope else torch.relu(out)
     if scale != 1.0 or residual is not None:
         out = out * scale
     return out if residual is None else residual + out
@@ -180,7 +184,7 @@ def _check_same_device(features, *others):
             raise RuntimeError(f'ghost_shift: {what} is on {other.device} but the features are on {features.device}')
 
 
-def _ghost_shift_fake(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False):
+def _ghost_shift_fake(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0):
     _check_features(x, 'intrinsic features x')
     _check_same_device(x, ('channel map', index), ('offset probabilities', probs), ('residual', residual))
     if residual is not None:
@@ -214,31 +218,36 @@ def _needs_grad(ctx, i):
 
 
 def _setup_context(ctx, inputs, output):
-    x, index, offset, d, probs, residual, scale, relu = inputs
-    ctx.offset, ctx.d, ctx.num_in, ctx.scale, ctx.relu = offset, d, x.shape[1], scale, relu
+    x, index, offset, d, probs, residual, scale, relu, negative_slope = inputs
+    ctx.offset, ctx.d, ctx.num_in, ctx.scale = offset, d, x.shape[1], scale
+    ctx.relu, ctx.negative_slope = relu, negative_slope
     ctx.probs_dtype = None if probs is None else probs.dtype
     ctx.wants_probs = probs is not None and _needs_grad(ctx, 4)
-    # ReLU mask: the output itself when nothing follows the ReLU, else recomputed from x in the backward.
-    ctx.relu_from_output = relu and residual is None and scale == 1.0
+    # Activation mask (where Y > 0): the output itself when nothing follows the activation and it keeps the sign
+    # (slope >= 0), else Y recomputed from x in the backward.
+    ctx.relu_from_output = relu and negative_slope >= 0 and residual is None and scale == 1.0
     keep_x = ctx.wants_probs or (relu and not ctx.relu_from_output)
     ctx.save_for_backward(index, x if keep_x else None, output if ctx.relu_from_output else None)
 
 
 def _backward(ctx, grad_out):
-    """Eq. 6 and the transposed move, after the epilogue's own backward (add, mul by scale, ReLU threshold)."""
+    """Eq. 6 and the transposed move, after the epilogue's own backward (add, mul by scale, activation), which
+    is PyTorch's own (``threshold_backward`` of ReLU, ``leaky_relu_backward``)."""
     index, x, output = ctx.saved_tensors
     grad_residual = grad_out if _needs_grad(ctx, 5) else None
     grad = grad_out * ctx.scale if ctx.scale != 1.0 else grad_out
     if ctx.relu:
-        activated = output if ctx.relu_from_output else torch.ops.ghostsr.ghost_shift(
-            x, index, ctx.offset, ctx.d, None, None, 1.0, True)
-        grad = torch.ops.aten.threshold_backward(grad, activated, 0)
+        mask = output if ctx.relu_from_output else torch.ops.ghostsr.ghost_shift(x, index, ctx.offset, ctx.d)
+        if ctx.negative_slope:
+            grad = torch.ops.aten.leaky_relu_backward(grad, mask, ctx.negative_slope, ctx.relu_from_output)
+        else:
+            grad = torch.ops.aten.threshold_backward(grad, mask, 0)
     grad_x = grad_probs = None
     if _needs_grad(ctx, 0):
         grad_x = torch.ops.ghostsr.ghost_shift_backward(grad, index, ctx.offset, ctx.d, ctx.num_in)
     if ctx.wants_probs:
         grad_probs = torch.ops.ghostsr.ghost_shift_offset_grad(grad, x, index, ctx.d).to(ctx.probs_dtype)
-    return grad_x, None, None, None, grad_probs, grad_residual, None, None
+    return grad_x, None, None, None, grad_probs, grad_residual, None, None, None
 
 
 def _register_python_side():

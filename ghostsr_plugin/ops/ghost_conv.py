@@ -49,6 +49,8 @@ class GhostConv2d(nn.Conv2d):
         name (str): layer name used in error messages.
         relu (bool): the layer is followed by a ReLU, applied inside the ghost op's pass (the value of ``relu(Y)``;
             the architecture then puts ``nn.Identity`` where its ReLU module was). Default False.
+        negative_slope (float): with ``relu``, the fused activation is ``F.leaky_relu(Y, negative_slope)`` (an
+            ``nn.LeakyReLU``, e.g. ESRGAN's); 0 is the plain ReLU. Default 0.
     """
 
     def __init__(self,
@@ -64,7 +66,8 @@ class GhostConv2d(nn.Conv2d):
                  shift_mode='learnable',
                  offset=(0, -1),
                  name='',
-                 relu=False):
+                 relu=False,
+                 negative_slope=0.0):
         check_ghost_options(ratio, d, shift_mode, where=name or 'GhostConv2d')
         num_intrinsic = num_intrinsic_channels(out_channels, ratio, groups)
         if not 0 < num_intrinsic < out_channels:
@@ -80,6 +83,7 @@ class GhostConv2d(nn.Conv2d):
         self.shift_mode = shift_mode
         self.name = name
         self.fused_relu = bool(relu)
+        self.fused_negative_slope = float(negative_slope)
         self.register_buffer('ghost_index', torch.empty(out_channels, dtype=torch.long))
         if shift_mode == 'learnable':
             # W' of Eq. 3-4. Zero except a small random tie-break, so no direction is favoured at the start.
@@ -139,17 +143,21 @@ class GhostConv2d(nn.Conv2d):
         return int(self.shift_logits.argmax()), None
 
     def forward(self, x, residual=None, scale=1.0, relu=None):
-        """Ghost layer output ``Y = [I, G]``; optionally ``residual + scale * relu?(Y)`` fused into the same pass
+        """Ghost layer output ``Y = [I, G]``; optionally ``residual + scale * act(Y)`` fused into the same pass
         (the same value as applying those ops one after another; it saves passes over the features). ``relu=None``
-        uses the layer's own ``fused_relu``."""
+        uses the layer's own ``fused_relu``; the activation's slope is the layer's ``fused_negative_slope``."""
         intrinsic = super().forward(x)
         offset, probs = self.current_offset()
         relu = self.fused_relu if relu is None else relu
-        return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs, residual=residual, scale=scale, relu=relu)
+        return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs, residual=residual, scale=scale,
+                           relu=relu, negative_slope=self.fused_negative_slope)
 
     def extra_repr(self):
+        fused = ', relu=True' if self.fused_relu else ''
+        if self.fused_relu and self.fused_negative_slope:
+            fused += f', negative_slope={self.fused_negative_slope}'
         return (f'{super().extra_repr()}, full_out_channels={self.full_out_channels}, ratio={self.ratio}, '
-                f'd={self.d}, shift_mode={self.shift_mode}' + (', relu=True' if self.fused_relu else ''))
+                f'd={self.d}, shift_mode={self.shift_mode}' + fused)
 
 
 def ghost_layers(net):
@@ -177,7 +185,8 @@ class GhostOptions:
         if shift_mode == 'fixed':
             shift_to_offset(*self.offset, ghost_d)  # raises if outside the window
 
-    def conv(self, in_channels, out_channels, kernel_size=3, groups=1, bias=True, name='', relu=False):
+    def conv(self, in_channels, out_channels, kernel_size=3, groups=1, bias=True, name='', relu=False,
+             negative_slope=0.0):
         return GhostConv2d(
             in_channels,
             out_channels,
@@ -189,4 +198,5 @@ class GhostOptions:
             shift_mode=self.shift_mode,
             offset=self.offset,
             name=name,
-            relu=relu)
+            relu=relu,
+            negative_slope=negative_slope)

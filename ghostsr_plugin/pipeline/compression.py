@@ -348,7 +348,7 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
                                                           param_key)
     if str(plain_opts.get('type', '')).startswith('Ghost'):
         raise UserInputError(f'the network is {plain_opts["type"]}, a Ghost network already; allowed: a plain network')
-    plain.eval().requires_grad_(False)
+    plain.eval()  # its weights stay trainable: the start fits and prunes copies of the trainable layers
     scale = _network_scale(plain, _in_channels(plain), trace_size)
     train_set = _dataset_options(os.path.join(out, 'train_images.txt'), 'train', scale, inputs, lq_size,
                                  batch_size)
