@@ -261,3 +261,20 @@ def test_prune_baseline_runs_the_same_pipeline(setup):
         report['start']['ghost_params_share']
     assert [n['label'] for n in report['networks']] == ['original', 'Pruned']
     assert report['networks'][1]['latency'] is not None
+
+
+def test_calibrated_start_is_the_default_and_beats_clustering(setup, finished):
+    """Without --start, the run starts from the calibrated start (compress.calibration): the report says so, the
+    start's fidelity on the held-out images is above the §3.2 clustering start's of the finished run above, and the
+    written options (with the chosen per-layer λ) rebuild the network that ghost.pth loads into."""
+    from ghostsr_plugin.archs.build import load_network
+    root, images = setup
+    out = root / 'calibrated'
+    proc = run([python(), *_args(root, images, out, '--iters', '2')], root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / 'report.json').read_text())
+    clustered = json.loads((finished[1] / 'report.json').read_text())
+    assert report['start']['method'] == 'calibrate' and clustered['start']['method'] == 'cluster'
+    assert report['fidelity']['start']['psnr_rgb'] > clustered['fidelity']['start']['psnr_rgb']
+    net = load_network(str(out / 'ghost.yml'), str(out / 'ghost.pth'))
+    assert net(torch.rand(1, 3, 10, 10)).shape == (1, 3, 20, 20)

@@ -5,6 +5,7 @@ reparameterize: false. spandrel checkpoints (random init, saved to files), SPAN 
 ``ghostsr ghostify``: detect -> ghostify -> cluster -> a checkpoint that the printed options load,
 with the right output size; unidentifiable files, malformed .safetensors files and SPAN with --no_reparameterize
 are one clear error."""
+import copy
 import json
 import os
 
@@ -78,6 +79,23 @@ def test_ghost_options_are_checked():
     with pytest.raises(ValueError, match="type Ghost has no option 'ghost_rate'; allowed: network, ghost_ratio"):
         build_network({'type': 'Ghost', 'network': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3},
                        'ghost_rate': 0.5})
+    with pytest.raises(ValueError, match='reparameterize, layer_ratios$'):
+        build_network({'type': 'Ghost', 'network': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3}, 'ratios': {}})
+
+
+def test_layer_ratios_round_trip_through_the_options():
+    """``type: Ghost`` takes ``layer_ratios`` (per-layer λ, as a calibrated start writes them): the options, through
+    YAML, rebuild the same layers, and one build's state dict loads into another with the same outputs."""
+    options = {'type': 'Ghost', 'network': BASICSR_ARCHS['EDSR'][0], 'layer_ratios': {'body.0.conv1': 0.25}}
+    torch.manual_seed(0)
+    net = build_network(copy.deepcopy(options))
+    assert {n: m.num_intrinsic for n, m in net.named_modules() if m in ghost_layers(net)} == {
+        'body.0.conv1': 6, 'body.0.conv2': 4, 'conv_after_body': 4}
+    again = build_network(yaml.safe_load(yaml.safe_dump(options)))
+    again.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), again.eval()(x))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -192,7 +210,7 @@ def test_arch_and_opt_sources_of_the_command(tmp_path, capsys):
                               '--no_progress']) == 0
         net = load_network(str(tmp_path / 'ghost.yml'), out)
         assert [m.num_intrinsic for m in ghost_layers(net)] == [6, 6, 6]
-        assert 'ghost  body.0.conv1: eligible, fused relu' in capsys.readouterr().out
+        assert 'ghost  body.0.conv1: eligible, λ=0.25, fused relu' in capsys.readouterr().out
 
 
 def test_import_does_not_load_spandrel():

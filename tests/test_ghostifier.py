@@ -115,6 +115,30 @@ def test_include_and_exclude_override_the_rules():
     assert net.ghostify_report['body.1.conv1']['reason'] == 'excluded by pattern'
 
 
+def test_layer_ratios_give_layers_their_own_ratio_and_cluster():
+    """``layer_ratios`` gives the named ghost layers their own λ (in the report and its text, the others keep
+    ``ghost_ratio``); §3.2's clustering fills a network of mixed ratios (Eq. 9 screens by each producer's own
+    intrinsic count); a name that is no ghosted convolution or a λ outside (0, 1) is one clear error."""
+    torch.manual_seed(0)
+    plain = EDSR(**EDSR_ARGS)
+    net = ghostify(plain, layer_ratios={'body.0.conv1': 0.25, 'body.1.conv2': 0.75})
+    intrinsic = {n: m.num_intrinsic for n, m in net.named_modules() if isinstance(m, GhostConv2d)}
+    assert intrinsic == {'body.0.conv1': 6, 'body.0.conv2': 4, 'body.1.conv1': 4, 'body.1.conv2': 2,
+                         'conv_after_body': 4}
+    report = net.ghostify_report
+    assert [report[n]['ratio'] for n in ('body.0.conv1', 'body.0.conv2', 'conv_first')] == [0.25, 0.5, None]
+    clustered = cluster_init(net, plain.state_dict(), n_init=2, init_offset='centre', progress=False)['layers']
+    assert {n: layer['intrinsic_channels'] for n, layer in clustered.items()} == intrinsic
+    assert len(clustered['body.0.conv2']['input_channels_used']) == 6  # screened by body.0.conv1's 6 intrinsic
+    assert net.eval()(torch.rand(1, 3, 6, 6)).shape == (1, 3, 24, 24)
+    for ratios, message in (({'body.9.conv1': 0.5}, "'body.9.conv1', which is no convolution"),
+                            ({'conv_first': 0.5}, r'conv_first, which stays plain \(first convolution'),
+                            ({'body.0.conv1': 1.0}, r"layer_ratios\['body.0.conv1'\] .* must be in \(0, 1\), got 1.0"),
+                            ({'body.0.conv1': 0.95}, 'body.0.conv1: ghost_ratio=0.95 leaves 0 intrinsic of 8')):
+        with pytest.raises(ValueError, match=message):
+            ghostify(EDSR(**EDSR_ARGS), layer_ratios=ratios)
+
+
 def test_schedule_is_driven_and_the_plain_net_is_untouched():
     plain = EDSR(**EDSR_ARGS)
     before = copy.deepcopy(plain.state_dict())

@@ -87,7 +87,7 @@ def test_ghostify_merges_first_and_reports_it():
     report = ghost.ghostify_report
     assert len(ghost_layers(ghost)) == 19
     assert report['conv_1.eval_conv'] == {'ghosted': False, 'reason': 'first convolution on the input (§4.1)',
-                                          'fused': None, 'merged': 'Conv3XC'}
+                                          'fused': None, 'merged': 'Conv3XC', 'ratio': None}
     assert report['block_1.c1_r.eval_conv']['ghosted'] and report['conv_cat']['merged'] is None
     assert '19 of 22 convolutions ghosted (20 of them merged from re-parameterised blocks)' in format_report(report)
     with pytest.raises(ValueError, match='outside its own forward.*reparameterize=True merges'):
@@ -146,7 +146,7 @@ def test_span_file_through_the_ghostify_command(tmp_path, capsys):
     assert main(['--model', str(tmp_path / 'span.pth'), '--out', out, '--opt_out', opt_out, '--n_init', '1',
                  '--init_offset', 'centre', '--no_progress']) == 0
     printed = capsys.readouterr().out
-    assert 'ghost  block_1.c1_r.eval_conv: eligible, merged Conv3XC' in printed
+    assert 'ghost  block_1.c1_r.eval_conv: eligible, λ=0.5, merged Conv3XC' in printed
     network_g = yaml.safe_load(open(opt_out))['network_g']
     assert network_g['type'] == 'Ghost' and network_g['network']['arch'] == 'SPAN'
     assert 'reparameterize' not in network_g  # the default

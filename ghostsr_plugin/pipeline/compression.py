@@ -14,7 +14,7 @@ Steps, each writing into ``out`` (atomically; a kill leaves the previous state, 
    them LR with MATLAB bicubic);
 3. the start: the network ghostified (§3.1, §4.1) and initialised from its own weights, with ``start='calibrate'``
    fitted to the original's layer outputs on crops of the training images
-   (:func:`ghostsr_plugin.compress.calibration.calibrated_ghost`, when available), with ``start='cluster'`` by §3.2's
+   (:func:`ghostsr_plugin.compress.calibration.calibrated_ghost`), with ``start='cluster'`` by §3.2's
    k-means of the weights (:func:`ghostsr_plugin.compress.clustering.cluster_init`); ``start.pth``;
 4. the fine-tune through BasicSR's own training loop (``ghostsr train -opt train.yml``, in a subprocess; with
    ``nproc`` > 1 under ``torch.distributed.run``): GhostSRModel, the original as the ``distill:`` teacher and the
@@ -155,13 +155,9 @@ def _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log, bas
     if baseline == 'prune':
         return _pruned_start(plain, plain_opts, ghost_opts, calib[0], prune_ratio, log)
     if start == 'calibrate':
-        try:
-            from ghostsr_plugin.compress.calibration import calibrated_ghost
-        except ImportError:
-            log('note: the calibrated start is not available in this version; starting with §3.2 clustering')
-        else:
-            ghost, ghost_opts, report = calibrated_ghost(plain, ghost_opts, calib, progress=progress, log=log)
-            return ghost, ghost_opts, {'method': 'calibrate', **report}
+        from ghostsr_plugin.compress.calibration import calibrated_ghost
+        ghost, ghost_opts, report = calibrated_ghost(plain, ghost_opts, calib, progress=progress, log=log)
+        return ghost, ghost_opts, {'method': 'calibrate', **report}
     from ghostsr_plugin.compress.clustering import cluster_init, report_summary
     from ghostsr_plugin.compress.reparam import merged_state_dict
     ghost = build_network(copy.deepcopy(ghost_opts))
