@@ -145,6 +145,42 @@ def test_ratios_meet_the_flops_budget(trained):
         assert sum(layers[n]['errors'].get(r, 0.0) for n, r in chosen.items()) <= best + 1e-12
 
 
+
+def test_time_budget_keeps_the_conv_time_of_uniform_ratio(trained, monkeypatch):
+    """cost='time' chooses the λ from each layer's measured conv times. With the timer replaced by a table where a
+    conv of 16 filters costs 10, of 9 to 15 also 10 and of 8 or fewer 6 (time is not proportional to filters: a CPU
+    can run 4 as slowly as 8), every layer needs λ >= 0.5 to save anything, and λ = 0.625 / 0.75 save no more than 0.5
+    but lose more: every layer gets 0.5, and the chosen convs' time equals uniform λ = 0.5's. The options rebuild the
+    network. A bad ``cost``, and a FLOPs budget with cost='time', are errors naming what is allowed."""
+    from ghostsr_plugin.compress import calibration
+
+    def table(conv, x, ratios, calls, reps=calibration.TIME_REPS):
+        widths = {r: calibration.num_intrinsic_channels(conv.out_channels, r, conv.groups) for r in ratios}
+        return {0: 10.0 * calls, **{r: calls * (10.0 if n > 8 else 6.0) for r, n in widths.items()}}
+
+    monkeypatch.setattr(calibration, '_conv_times', table)
+    net, inputs, held_out = trained
+    options = {'type': 'Ghost', 'network': EDSR_OPTIONS}
+    ghost, chosen, report = calibrated_ghost(net, options, inputs, cost='time', progress=False, log=lambda line: None)
+    ratios = {n: e['ratio'] for n, e in report['layers'].items() if 'ratio' in e}
+    assert set(ratios.values()) == {0.5} and report['cost'] == 'time' and report['budget'] is None
+    assert report['conv_ms']['chosen'] == report['conv_ms']['uniform']
+    assert report['conv_ms']['uniform'] == pytest.approx(6.0 * len(ratios))
+    build_network(copy.deepcopy(chosen)).load_state_dict(ghost.state_dict())
+    with pytest.raises(ValueError, match="cost must be one of flops, time, got 'latency'"):
+        calibrated_ghost(net, options, inputs, cost='latency', progress=False)
+    with pytest.raises(ValueError, match="flops_budget is for cost='flops'"):
+        calibrated_ghost(net, options, inputs, cost='time', flops_budget=0.5, progress=False)
+
+
+def test_conv_times_are_measured_per_width():
+    """The timer returns a positive time for the full conv (λ = 0) and for each λ, scaled by the number of calls."""
+    from ghostsr_plugin.compress.calibration import _conv_times
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    times = _conv_times(conv, torch.rand(2, 8, 24, 24), [0.25, 0.5], calls=3, reps=3)
+    assert set(times) == {0, 0.25, 0.5} and all(t > 0 for t in times.values())
+
+
 class Pairs(nn.Module):
     """conv1 (3 -> 8, no bias) whose filters 4..7 are filters 0..3 moved one column (so their outputs are the first
     four moved one pixel, where the input has a zero border), ReLU, conv2 (8 -> 8) whose filters 4..7 copy 0..3,

@@ -43,8 +43,10 @@ def main(argv=None):
     parser.add_argument('--data', default=DEFAULT_DATA, help='data folder with benchmark/ (../shared/data)')
     parser.add_argument('--ghost_ratio', type=float, default=0.5, help='λ, the share of ghost features (0.5)')
     parser.add_argument('--start', choices=STARTS, default='calibrate',
-                        help='calibrate: fitted to the original\'s layer outputs on your images; cluster: §3.2\'s '
-                        'k-means of the weights (calibrate)')
+                        help='calibrate: fitted to the original\'s layer outputs on your images, each layer\'s λ '
+                        'chosen so that its convolutions, timed here, take no longer than at uniform --ghost_ratio; '
+                        'calibrate_flops: the same at the FLOPs of uniform --ghost_ratio; cluster: §3.2\'s k-means '
+                        'of the weights (calibrate)')
     parser.add_argument('--baseline', choices=BASELINES,
                         help='prune: instead of the Ghost network, the plain one with its channels pruned '
                         '(Torch-Pruning DepGraph, magnitude), through the same fine-tune and report')

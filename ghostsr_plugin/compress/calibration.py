@@ -8,9 +8,10 @@ the network computes (CARN_M: 3 dB; a Compact x4 keeps 23.5 dB fidelity to itsel
    :data:`RATIO_CHOICES` on the plain network's own features of a few crops, giving e_L(λ), its relative squared
    output error. One forward with that layer ghosted at the uniform λ, every later convolution refitted as in step 5
    (their compensation, which halves what early layers cost in a Compact x4), measures what its error does at the
-   network output: s_L, output squared error per unit of e_L. The λ_L minimise Σ s_L·e_L(λ_L) under the FLOPs budget
-   (a multiple-choice knapsack, solved by dynamic programming over the saved multiply-adds); λ = 0 keeps a layer
-   plain (``exclude``).
+   network output: s_L, output squared error per unit of e_L. The λ_L minimise Σ s_L·e_L(λ_L) under the budget
+   (a multiple-choice knapsack, solved by dynamic programming over the saved multiply-adds, or with
+   ``cost='time'`` over the saved milliseconds of each layer's convolution, timed on this machine); λ = 0 keeps a
+   layer plain (``exclude``).
 2. **Calibration.** One forward of the plain network caches each convolution's output (the targets); one forward of
    the Ghost network then fits each convolution just before its first call, on its actual input there, so what the
    layers before it lost is seen and compensated rather than compounded.
@@ -53,7 +54,9 @@ SELECT_PIXELS = 2**17  # output pixels per layer for the channel-map distances
 PROBE_CROPS = 8  # crops for the per-layer ratio probe
 PROBE_SAMPLES = 2**13  # output positions per layer for the probe's least squares
 OFFSET_MARGIN = 3.0  # learnable layers: the chosen offset's lead in W', so early Gumbel noise keeps it (Eq. 3-5)
-BUDGET_TOLERANCE = 1e-4  # the FLOPs budget is met to this share of the plain network's multiply-adds
+BUDGET_TOLERANCE = 1e-4  # the budget is met to this share of the plain network's multiply-adds (or conv time)
+TIME_REPS = 7  # cost='time': timed runs of each candidate width of a layer
+COSTS = ('flops', 'time')
 SEED = 0
 
 
@@ -304,8 +307,9 @@ def _first_calls(net, batch, keep_inputs=True):
     return output, found
 
 
-def _probe(plain, batch, candidates, ghost_args, progress):
-    """Step 1's measurements on ``batch``: {layer: {'macs', 'errors': {λ: s_L·e_L(λ)}}} for the candidate layers."""
+def _probe(plain, batch, candidates, ghost_args, progress, timed=False):
+    """Step 1's measurements on ``batch``: {layer: {'macs', 'errors': {λ: s_L·e_L(λ)}}} for the candidate layers,
+    with ``timed`` also 'ms': {λ: its convolution's milliseconds on ``batch`` (0: all filters)}."""
     from tqdm import tqdm
     d, reference = ghost_args['ghost_d'], ghost_args['ghost_ratio']
     offsets = _allowed_offsets(ghost_args['shift_mode'], ghost_args['fixed_offset'], d)
@@ -314,7 +318,7 @@ def _probe(plain, batch, candidates, ghost_args, progress):
     generator = torch.Generator().manual_seed(SEED)
     found = {}
     for name in tqdm(candidates, desc='GhostSR calibration: ratio probe', unit='layer', disable=not progress):
-        conv, x, target, _, macs = convs[name]
+        conv, x, target, calls, macs = convs[name]
         with torch.no_grad():
             data = _LayerData(conv, x, target, generator, samples=PROBE_SAMPLES)
             fits = {reference: _fit_ghost(data, conv.weight, conv.bias, reference, offsets, d)}
@@ -329,6 +333,8 @@ def _probe(plain, batch, candidates, ghost_args, progress):
                                         [convs[n] for n in following], generator) / error if error > 1e-9 else 1.0
         found[name] = {'macs': macs, 'out_channels': conv.out_channels, 'groups': conv.groups,
                        'errors': {ratio: sensitivity * fit['error'] for ratio, fit in fits.items()}}
+        if timed:
+            found[name]['ms'] = _conv_times(conv, x, list(fits), calls)
     return found
 
 
@@ -361,11 +367,33 @@ def _output_error(net, conv, fit, d, batch, expected, following, generator):
 
 
 def _saving(layer, ratio):
-    """Multiply-adds per crop that ghosting ``layer`` at λ = ``ratio`` saves (0: plain)."""
+    """What ghosting ``layer`` at λ = ``ratio`` saves (0: plain): the measured milliseconds of its convolution
+    when the probe timed it (``cost='time'``), else multiply-adds per crop."""
     if ratio == 0:
         return 0.0
+    if 'ms' in layer:
+        return layer['ms'][0] - layer['ms'][ratio]
     m = layer['out_channels']
     return layer['macs'] * (m - num_intrinsic_channels(m, ratio, layer['groups'])) / m
+
+
+def _conv_times(conv, x, ratios, calls, reps=TIME_REPS):
+    """{λ: milliseconds} of ``conv``'s convolution on ``x`` with all its filters (λ = 0) and with the intrinsic
+    filters each λ of ``ratios`` keeps (random weights: the time does not depend on them), ``calls`` times per
+    forward; the median of ``reps`` runs timed interleaved (one run of each width per repetition) after one warm-up."""
+    widths = {0: conv.out_channels}
+    widths.update({r: num_intrinsic_channels(conv.out_channels, r, conv.groups) for r in ratios})
+    convs = {r: nn.Conv2d(conv.in_channels, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                          conv.groups, conv.bias is not None) for r, n in widths.items()}
+    times = {r: [] for r in convs}
+    with torch.no_grad():
+        for rep in range(reps + 1):
+            for r, layer in convs.items():
+                begin = time.perf_counter()
+                layer(x)
+                if rep:  # the first pass warms up
+                    times[r].append(time.perf_counter() - begin)
+    return {r: calls * 1e3 * float(np.median(t)) for r, t in times.items()}
 
 
 def _allocate(layers, need, tolerance):
@@ -387,7 +415,7 @@ def _allocate(layers, need, tolerance):
         new = np.full(resolution + 1, np.inf)
         pick = np.zeros((resolution + 1, 2), dtype=np.int64)  # (option, state before) per state after
         for k, (_, saving, error) in enumerate(options[name]):
-            units = min(resolution, int(saving // unit))
+            units = min(resolution, max(0, int(saving // unit)))  # a measured time may not drop
             candidate, source = np.full(resolution + 1, np.inf), np.arange(resolution + 1) - units
             candidate[units:resolution] = best[:resolution - units] + error
             tail = best[resolution - units:]  # every state from here meets the need with this option
@@ -505,7 +533,7 @@ def _ghost(plain, options):
         return ghostify(plain, **arguments).eval()
 
 
-def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, progress=True, log=print):
+def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, cost='flops', progress=True, log=print):
     """The Ghost network of ``plain`` started from features of ``inputs`` (the module docstring's steps 1-5).
 
     Args:
@@ -515,6 +543,11 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, progress=T
         inputs (list[Tensor]): LR inputs, each 1 x C x h x w in [0, 1] (a dozen or more crops of the user's images).
         flops_budget (float | None): the Ghost network's multiply-adds over the plain network's (met to
             BUDGET_TOLERANCE); default: what ghosting every eligible layer at ``ghost_ratio`` gives.
+        cost (str): what the budget counts. 'flops': multiply-adds. 'time': the eligible convolutions' time measured
+            on this machine (each width timed on the probe crops): the λ are chosen so that those convolutions take
+            no longer than at uniform ``ghost_ratio`` (a convolution's time is not proportional to its filters: on a
+            CPU a 64 -> 16 conv can cost what 64 -> 32 does), at whatever FLOPs that gives (no ``flops_budget``).
+            The choice then depends on the timings; the written options hold it.
         progress (bool): tqdm bars. log (callable): where the summary lines go.
 
     Returns:
@@ -534,7 +567,11 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, progress=T
     fixed = dict(options.get('layer_ratios') or {})
     candidates = [n for n, e in uniform.ghostify_report.items() if e['ghosted'] and n not in fixed]
     probe_crops = torch.as_tensor(np.unique(np.linspace(0, len(batch) - 1, PROBE_CROPS).round().astype(int)))
-    layers = _probe(reference, batch[probe_crops], candidates, ghost_args, progress)
+    if cost not in COSTS:
+        raise ValueError(f'calibration: cost must be one of {", ".join(COSTS)}, got {cost!r}')
+    if cost == 'time' and flops_budget is not None:
+        raise ValueError("calibration: flops_budget is for cost='flops'; cost='time' budgets the time of uniform λ")
+    layers = _probe(reference, batch[probe_crops], candidates, ghost_args, progress, timed=cost == 'time')
 
     size = (1, *batch.shape[1:])
     total = count_macs(reference, size)
@@ -543,7 +580,11 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, progress=T
     if not 0 < budget < 1:
         raise ValueError(f'calibration: flops_budget (Ghost / plain multiply-adds) must be in (0, 1), got {budget}')
     fixed_ratio = uniform_ratio + sum(_saving(layer, ghost_args['ghost_ratio']) for layer in layers.values()) / total
-    chosen = _allocate(layers, (fixed_ratio - budget) * total, BUDGET_TOLERANCE * total)
+    if cost == 'time':
+        need = sum(_saving(layer, ghost_args['ghost_ratio']) for layer in layers.values())
+        chosen = _allocate(layers, need, BUDGET_TOLERANCE * sum(layer['ms'][0] for layer in layers.values()))
+    else:
+        chosen = _allocate(layers, (fixed_ratio - budget) * total, BUDGET_TOLERANCE * total)
     if chosen is None:
         lowest = fixed_ratio - sum(_saving(layer, max(layer['errors'])) for layer in layers.values()) / total
         raise ValueError(f'calibration: a FLOPs ratio of {budget:.4f} is out of reach; ghosting every eligible layer '
@@ -567,17 +608,28 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, progress=T
         fits.setdefault(name, {'action': 'kept plain, before the first ghost layer: weights unchanged'})
         fits[name]['ratio'] = chosen[name]
         fits[name]['predicted_output_error'] = {f'{r:g}': e for r, e in sorted(layer['errors'].items())}
+        if 'ms' in layer:
+            fits[name]['conv_ms'] = {f'{r:g}': t for r, t in sorted(layer['ms'].items())}
     report = {
         'inputs': {'crops': len(batch), 'size': list(batch.shape[-2:]), 'probe_crops': len(probe_crops)},
-        'budget': budget,
+        'cost': cost,
+        'budget': budget if cost == 'flops' else None,
         'uniform_flops_ratio': uniform_ratio,
         'flops_ratio': flops_ratio,
         'fidelity_psnr': 10 * math.log10(1 / max(mse, 1e-20)),
         'seconds': time.time() - start,
         'layers': fits,
     }
+    budget_text = f'budget {budget:.4f}'
+    if cost == 'time':
+        report['conv_ms'] = {'plain': sum(layer['ms'][0] for layer in layers.values()),
+                             'uniform': sum(layer['ms'][0] - _saving(layer, ratio) for layer in layers.values()),
+                             'chosen': sum(layer['ms'][0] - _saving(layer, chosen[n]) for n, layer in layers.items())}
+        budget_text = (f'the ghosted convs timed at {report["conv_ms"]["chosen"]:.1f} ms against '
+                       f'{report["conv_ms"]["uniform"]:.1f} at uniform λ={ratio:g}, {report["conv_ms"]["plain"]:.1f} '
+                       'plain')
     ghosted = {n: e['ratio'] for n, e in fits.items() if e.get('intrinsic')}
     log(f'calibrated start: {len(ghosted)} ghost layers (λ {", ".join(f"{r:g}" for r in ghosted.values())}), '
-        f'{len(plain_layers)} kept plain; FLOPs ratio {flops_ratio:.4f} (budget {budget:.4f}); fidelity to the plain '
+        f'{len(plain_layers)} kept plain; FLOPs ratio {flops_ratio:.4f} ({budget_text}); fidelity to the plain '
         f'network on the {len(batch)} inputs {report["fidelity_psnr"]:.2f} dB ({report["seconds"]:.0f} s)')
     return ghost_net, options, report

@@ -14,7 +14,8 @@ Steps, each writing into ``out`` (atomically; a kill leaves the previous state, 
    them LR with MATLAB bicubic);
 3. the start: the network ghostified (§3.1, §4.1) and initialised from its own weights, with ``start='calibrate'``
    fitted to the original's layer outputs on crops of the training images
-   (:func:`ghostsr_plugin.compress.calibration.calibrated_ghost`), with ``start='cluster'`` by §3.2's
+   (:func:`ghostsr_plugin.compress.calibration.calibrated_ghost`; per-layer λ whose convolutions, timed on this
+   machine, take no longer than at uniform λ; ``'calibrate_flops'``: at the FLOPs of uniform λ), with ``start='cluster'`` by §3.2's
    k-means of the weights (:func:`ghostsr_plugin.compress.clustering.cluster_init`); ``start.pth``;
 4. the fine-tune through BasicSR's own training loop (``ghostsr train -opt train.yml``, in a subprocess; with
    ``nproc`` > 1 under ``torch.distributed.run``): GhostSRModel, the original as the ``distill:`` teacher and the
@@ -53,7 +54,7 @@ from ghostsr_plugin.utils.errors import RunFailedError, UserInputError
 
 __all__ = ['STARTS', 'BASELINES', 'compress', 'split_images', 'calibration_inputs', 'crops_figure']
 
-STARTS = ('calibrate', 'cluster')
+STARTS = ('calibrate', 'calibrate_flops', 'cluster')  # calibrate: per-layer λ under measured conv time
 BASELINES = ('prune',)  # instead of the Ghost network: Torch-Pruning's structured channel pruning
 MANIFEST = 'compress.json'
 RUN_NAME = 'finetune'  # BasicSR's experiment under <out>/experiments/
@@ -154,10 +155,11 @@ def _start(plain, plain_opts, ghost_opts, start, calib, seed, progress, log, bas
     options, and the start's report."""
     if baseline == 'prune':
         return _pruned_start(plain, plain_opts, ghost_opts, calib[0], prune_ratio, log)
-    if start == 'calibrate':
+    if start in ('calibrate', 'calibrate_flops'):
         from ghostsr_plugin.compress.calibration import calibrated_ghost
-        ghost, ghost_opts, report = calibrated_ghost(plain, ghost_opts, calib, progress=progress, log=log)
-        return ghost, ghost_opts, {'method': 'calibrate', **report}
+        cost = 'time' if start == 'calibrate' else 'flops'
+        ghost, ghost_opts, report = calibrated_ghost(plain, ghost_opts, calib, cost=cost, progress=progress, log=log)
+        return ghost, ghost_opts, {'method': start, **report}
     from ghostsr_plugin.compress.clustering import cluster_init, report_summary
     from ghostsr_plugin.compress.reparam import merged_state_dict
     ghost = build_network(copy.deepcopy(ghost_opts))
