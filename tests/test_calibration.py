@@ -173,6 +173,21 @@ def test_time_budget_keeps_the_conv_time_of_uniform_ratio(trained, monkeypatch):
         calibrated_ghost(net, options, inputs, cost='time', flops_budget=0.5, progress=False)
 
 
+
+def test_time_budget_falls_back_to_flops_when_ghosting_saves_no_time(trained, monkeypatch):
+    """Convolutions too small to time (every width measured the same) leave the time budget nothing to spend: the λ
+    are then budgeted by FLOPs (at uniform λ's), it says so, and the report's ``cost`` is 'flops'."""
+    from ghostsr_plugin.compress import calibration
+    monkeypatch.setattr(calibration, '_conv_times', lambda conv, x, ratios, calls, reps=0: {0: 1.0, **{r: 1.0 for r in
+                                                                                                      ratios}})
+    net, inputs, _ = trained
+    lines = []
+    ghost, _, report = calibrated_ghost(net, {'type': 'Ghost', 'network': EDSR_OPTIONS}, inputs, cost='time',
+                                        progress=False, log=lines.append)
+    assert any('saves no measurable conv time' in line for line in lines) and report['cost'] == 'flops'
+    assert report['flops_ratio'] <= report['uniform_flops_ratio'] + 1e-4 and 'conv_ms' not in report
+
+
 def test_conv_times_are_measured_per_width():
     """The timer returns a positive time for the full conv (λ = 0) and for each λ, scaled by the number of calls."""
     from ghostsr_plugin.compress.calibration import _conv_times

@@ -101,14 +101,14 @@ def test_network_specs(spec, expected):
     assert report.parse_network_spec(spec) == expected
 
 
-def test_bad_input_is_one_line_and_writes_nothing(nets, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(nets, data, tmp_path, capsys):
     plain_opt, plain_ckpt = nets['EDSR']
     ghost_opt, _ = nets['GhostEDSR']
     bare = tmp_path / 'bare.yml'
     bare.write_text('name: x\nscale: 2\n')
     cases = [
         ([f'{ghost_opt}:missing.pth'], 'checkpoint not found: missing.pth'),
-        ([f'{ghost_opt}:{plain_ckpt}'], 'does not fit GhostEDSR'),
+        ([f'{ghost_opt}:{plain_ckpt}', '--set', 'Tiny', '--data', str(data)], 'does not fit GhostEDSR'),
         ([str(bare)], "no 'network_g' section"),
         ([plain_opt, '--latency-size', '3x12x12'], '--latency-size'),
         ([plain_opt, ghost_opt, '--labels', 'one'], '--labels: 1 labels for 2 networks'),

@@ -579,13 +579,21 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, cost='flop
     budget = uniform_ratio if flops_budget is None else float(flops_budget)
     if not 0 < budget < 1:
         raise ValueError(f'calibration: flops_budget (Ghost / plain multiply-adds) must be in (0, 1), got {budget}')
-    fixed_ratio = uniform_ratio + sum(_saving(layer, ghost_args['ghost_ratio']) for layer in layers.values()) / total
     if cost == 'time':
         need = sum(_saving(layer, ghost_args['ghost_ratio']) for layer in layers.values())
-        chosen = _allocate(layers, need, BUDGET_TOLERANCE * sum(layer['ms'][0] for layer in layers.values()))
-    else:
+        tolerance = BUDGET_TOLERANCE * sum(layer['ms'][0] for layer in layers.values())
+        if need <= tolerance:  # convs this small take no measurable time less when ghosted: budget the FLOPs
+            log(f'calibration: ghosting at uniform λ={ghost_args["ghost_ratio"]:g} saves no measurable conv time on '
+                'this machine; the λ are budgeted by FLOPs instead')
+            cost = 'flops'
+            for layer in layers.values():
+                del layer['ms']
+    if cost == 'time':
+        chosen = _allocate(layers, need, tolerance)
+    else:  # the FLOPs ratio with the candidate layers plain, then what they must save
+        fixed_ratio = uniform_ratio + sum(_saving(layer, ghost_args['ghost_ratio']) for layer in layers.values()) / total
         chosen = _allocate(layers, (fixed_ratio - budget) * total, BUDGET_TOLERANCE * total)
-    if chosen is None:
+    if chosen is None:  # (the FLOPs budget only: uniform λ always meets the time budget)
         lowest = fixed_ratio - sum(_saving(layer, max(layer['errors'])) for layer in layers.values()) / total
         raise ValueError(f'calibration: a FLOPs ratio of {budget:.4f} is out of reach; ghosting every eligible layer '
                          f'at λ={max(RATIO_CHOICES)} gives {lowest:.4f}')
