@@ -9,6 +9,7 @@ output — no ground truth (:func:`ghostsr_plugin.pipeline.compression.compress`
 import argparse
 import functools
 
+from ghostsr_plugin.cli.arguments import add_network_source
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA
 from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES
 from ghostsr_plugin.pipeline.compression import BASELINES, STARTS, compress
@@ -20,14 +21,7 @@ def main(argv=None):
         description='Ghostify any SR network, start it close to the original and fine-tune it on your images with '
         'the original as the only target (BasicSR training, no ground truth); writes the Ghost checkpoint, its '
         'options, a report (fidelity, params, FLOPs, latency) and a picture of crops.')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--model', help='checkpoint of any architecture spandrel identifies (.pth/.safetensors)')
-    source.add_argument('-opt', help='BasicSR option file whose network (--network_key) is the plain network')
-    source.add_argument('--arch', help='registered BasicSR arch of the plain network (with --arch_args)')
-    parser.add_argument('--arch_args', default='{}', help='JSON arguments of --arch')
-    parser.add_argument('--pretrained', help='plain checkpoint for -opt / --arch')
-    parser.add_argument('--param_key', default='params', help="state-dict key of --pretrained ('params')")
-    parser.add_argument('--network_key', default='network_g', help='option section of the network (network_g)')
+    add_network_source(parser)
     parser.add_argument('--images', nargs='+', required=True, help='folders of images (directly inside)')
     parser.add_argument('--out', required=True, help='output folder (new, or an earlier run with --auto_resume)')
     budget = parser.add_mutually_exclusive_group()

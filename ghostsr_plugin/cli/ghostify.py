@@ -17,6 +17,7 @@ ghostify then refuses their convs). The Ghost network then trains the merged con
 """
 import argparse
 
+from ghostsr_plugin.cli.arguments import add_network_source
 from ghostsr_plugin.compress.from_checkpoint import ghostify_checkpoint
 from ghostsr_plugin.compress.ghostifier import GHOST_ARGS
 
@@ -27,14 +28,7 @@ def main(argv=None):
         description='GhostSR for any SR network: build the Ghost version of a plain network (spandrel checkpoint, '
         'BasicSR option file or registered arch), cluster its pre-trained weights into it (§3.2) and write a '
         'checkpoint plus the BasicSR options that build it.')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--model', help='checkpoint of any architecture spandrel identifies (.pth/.safetensors)')
-    source.add_argument('-opt', help='BasicSR option file whose network (--network_key) is the plain network')
-    source.add_argument('--arch', help='registered BasicSR arch of the plain network (with --arch_args)')
-    parser.add_argument('--arch_args', default='{}', help='JSON arguments of --arch')
-    parser.add_argument('--network_key', default='network_g', help='option section of the network (network_g)')
-    parser.add_argument('--pretrained', help='plain checkpoint for -opt / --arch (BasicSR or bare state dict)')
-    parser.add_argument('--param_key', default='params', help="state-dict key of --pretrained ('params')")
+    add_network_source(parser)
     parser.add_argument('--out', required=True, help='Ghost checkpoint to write; the report goes to <out>.json')
     parser.add_argument('--opt_out', help='also write the network_g options (YAML) here')
     for name, default in GHOST_ARGS.items():
