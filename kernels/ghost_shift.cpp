@@ -1,9 +1,11 @@
 // The ghost operation of GhostSR (Nie et al., §3.1, Eq. 1-6): op registration and the CPU kernels.
 //
 // Ops (namespace ghostsr, see ghost_shift.h for the semantics):
-//   ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0)
+//   ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0,
+//               slopes=None)
 //       -> [N, c_out, H, W]: forward, Eq. 1-2 with the one-hot W of Eq. 5; optional fused epilogue
-//       residual + scale * act(Y), act = ReLU (slope 0) or leaky ReLU when relu, else none
+//       residual + scale * act(Y), act = PReLU of the per-channel slopes when given, else ReLU (slope 0) or leaky
+//       ReLU when relu, else none
 //   ghost_shift_backward(grad_out, index, offset, d, num_in) -> dL/dx     transposed move, summed per source channel
 //   ghost_shift_offset_grad(grad_out, x, index, d) -> [(2d+1)^2]          straight-through dL/dS(W') of Eq. 6
 // The autograd formula and the fake (meta) functions are registered from Python (ghostsr_plugin/ops/backend.py).
@@ -123,14 +125,25 @@ struct BitWriter {
   }
 };
 
-// The epilogue's activation: none, ReLU (torch.relu: +0 for v < 0) or leaky ReLU with a nonzero slope.
-enum class Act { kNone, kRelu, kLeaky };
+// The epilogue's activation: none, ReLU (torch.relu: +0 for v < 0), leaky ReLU with a nonzero slope, or PReLU
+// (one slope per output channel, nn.PReLU's weight).
+enum class Act { kNone, kRelu, kLeaky, kPrelu };
+
+// Where a PReLU epilogue reads the slope of an element: its channel is (pos / plane) % c_out in NCHW (one channel
+// per run, the kernels never write across a plane) and pos % c_out + i in channels_last (a run stays in one pixel).
+template <typename T>
+struct ChannelSlopes {
+  const T* slopes;  // c_out values, or null
+  int64_t plane, c_out;
+  bool channels_last;
+};
 
 // out = residual + scale * act(value), rounded to T after each step as the separate PyTorch ops round (relu; leaky
-// ReLU in opmath, rounded; a multiplication by a Python scalar computes in opmath and rounds; the addition rounds).
-// Leaky ReLU is v * (v > 0 ? unit : slope) as PyTorch's vectorised kernel computes it (the value of
-// v > 0 ? v : v * slope). `unit` is 1 held as data, not a literal: GCC folds v * 1 and turns the select into a branch
-// around v * slope, which its default -ftrapping-math keeps from vectorising (25x slower on mixed signs).
+// ReLU and PReLU in opmath, rounded; a multiplication by a Python scalar computes in opmath and rounds; the addition
+// rounds). Leaky ReLU and PReLU are v * (v > 0 ? unit : slope) as PyTorch's vectorised kernels compute them (the
+// value of v > 0 ? v : v * slope). `unit` is 1 held as data, not a literal: GCC folds v * 1 and turns the select
+// into a branch around v * slope, which its default -ftrapping-math keeps from vectorising (25x slower on mixed
+// signs).
 template <typename T, Act Activation, bool Residual>
 struct EpilogueWriter {
   using Elem = T;
@@ -138,10 +151,13 @@ struct EpilogueWriter {
   T* out;
   const T* residual;
   A scale, slope, unit;
+  ChannelSlopes<T> channel;
 
   static T apply(A v, T r, A s, A slope, A unit) {
     if constexpr (Activation == Act::kRelu) v = v < A(0) ? A(0) : v;
-    if constexpr (Activation == Act::kLeaky) v = static_cast<A>(static_cast<T>(v * (v > A(0) ? unit : slope)));
+    if constexpr (Activation == Act::kLeaky || Activation == Act::kPrelu) {
+      v = static_cast<A>(static_cast<T>(v * (v > A(0) ? unit : slope)));
+    }
     const T scaled = static_cast<T>(v * s);
     if constexpr (Residual) {
       return static_cast<T>(static_cast<A>(r) + static_cast<A>(scaled));
@@ -150,18 +166,41 @@ struct EpilogueWriter {
     }
   }
 
+  // The slope of a run from `pos` in NCHW (PReLU: its channel's; otherwise the leaky slope).
+  A run_slope(int64_t pos) const {
+    if constexpr (Activation == Act::kPrelu) {
+      return static_cast<A>(channel.slopes[(pos / channel.plane) % channel.c_out]);
+    } else {
+      return slope;
+    }
+  }
+
   void copy(int64_t pos, const T* src_in, int64_t len) const {
     T* __restrict__ dst = out + pos;
     const T* __restrict__ src = src_in;
     const T* __restrict__ res = Residual ? residual + pos : nullptr;
-    const A s = scale, a = slope, u = unit;  // locals: stores through dst cannot change them, so the loop vectorises
+    const A s = scale, u = unit;  // locals: stores through dst cannot change them, so the loop vectorises
+    if (Activation == Act::kPrelu && channel.channels_last) {
+      const T* __restrict__ sl = channel.slopes + pos % channel.c_out;
+      for (int64_t i = 0; i < len; ++i) {
+        dst[i] = apply(static_cast<A>(src[i]), Residual ? res[i] : T(0), s, static_cast<A>(sl[i]), u);
+      }
+      return;
+    }
+    const A a = run_slope(pos);
     for (int64_t i = 0; i < len; ++i) dst[i] = apply(static_cast<A>(src[i]), Residual ? res[i] : T(0), s, a, u);
   }
 
   void zero(int64_t pos, int64_t len) const {
     T* __restrict__ dst = out + pos;
     const T* __restrict__ res = Residual ? residual + pos : nullptr;
-    const A s = scale, a = slope, u = unit;
+    const A s = scale, u = unit;
+    if (Activation == Act::kPrelu && channel.channels_last) {
+      const T* __restrict__ sl = channel.slopes + pos % channel.c_out;
+      for (int64_t i = 0; i < len; ++i) dst[i] = apply(A(0), Residual ? res[i] : T(0), s, static_cast<A>(sl[i]), u);
+      return;
+    }
+    const A a = run_slope(pos);
     for (int64_t i = 0; i < len; ++i) dst[i] = apply(A(0), Residual ? res[i] : T(0), s, a, u);
   }
 };
@@ -295,38 +334,44 @@ struct BitsOf<8> {
 };
 
 template <typename T, Act Activation, typename Run>
-void with_residual(bool residual, T* out, const T* res, double scale, double slope, const Run& run) {
+void with_residual(bool residual, T* out, const T* res, double scale, double slope, const ChannelSlopes<T>& channel,
+                   const Run& run) {
   using A = at::opmath_type<T>;
   const A s = static_cast<A>(scale), a = static_cast<A>(slope);
   if (residual) {
-    run(EpilogueWriter<T, Activation, true>{out, res, s, a, A(1)});
+    run(EpilogueWriter<T, Activation, true>{out, res, s, a, A(1), channel});
   } else {
-    run(EpilogueWriter<T, Activation, false>{out, res, s, a, A(1)});
+    run(EpilogueWriter<T, Activation, false>{out, res, s, a, A(1), channel});
   }
 }
 
 template <typename T, typename Run>
-void with_epilogue(bool relu, double slope, bool residual, T* out, const T* res, double scale, const Run& run) {
-  if (!relu) {
-    with_residual<T, Act::kNone>(residual, out, res, scale, slope, run);
+void with_epilogue(bool relu, double slope, const ChannelSlopes<T>& channel, bool residual, T* out, const T* res,
+                   double scale, const Run& run) {
+  if (channel.slopes != nullptr) {
+    with_residual<T, Act::kPrelu>(residual, out, res, scale, slope, channel, run);
+  } else if (!relu) {
+    with_residual<T, Act::kNone>(residual, out, res, scale, slope, channel, run);
   } else if (slope == 0.0) {
-    with_residual<T, Act::kRelu>(residual, out, res, scale, slope, run);
+    with_residual<T, Act::kRelu>(residual, out, res, scale, slope, channel, run);
   } else {
-    with_residual<T, Act::kLeaky>(residual, out, res, scale, slope, run);
+    with_residual<T, Act::kLeaky>(residual, out, res, scale, slope, channel, run);
   }
 }
 
 at::Tensor ghost_shift_cpu(const at::Tensor& x_in, const at::Tensor& index, int64_t offset, int64_t d,
                            const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual_in,
-                           double scale, bool relu, double negative_slope) {
+                           double scale, bool relu, double negative_slope,
+                           const std::optional<at::Tensor>& slopes_in) {
   check_forward_args(x_in, index, offset, d, probs);
   const int64_t c_out = index.size(0);
   const auto [cl, x, residual, out] = forward_tensors(x_in, c_out, residual_in);
+  const at::Tensor slopes = channel_slopes(slopes_in, x, c_out);
   const int64_t N = x.size(0), n = x.size(1), H = x.size(2), W = x.size(3);
   const std::vector<int64_t> map = read_index(index, n);
   if (out.numel() == 0) return out;
   const auto [dy, dx] = offset_to_shift(offset, d);
-  const bool epilogue = relu || residual.defined() || scale != 1.0;
+  const bool epilogue = relu || slopes.defined() || residual.defined() || scale != 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ghost_shift_cpu", [&] {
     auto run = [&](const auto& writer) {
       using E = typename std::decay_t<decltype(writer)>::Elem;
@@ -343,7 +388,9 @@ at::Tensor ghost_shift_cpu(const at::Tensor& x_in, const at::Tensor& index, int6
       run(BitWriter<S>{reinterpret_cast<S*>(out_data)});
     } else {
       const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
-      with_epilogue<scalar_t>(relu, negative_slope, residual.defined(), out_data, res, scale, run);
+      const ChannelSlopes<scalar_t> channel{slopes.defined() ? slopes.const_data_ptr<scalar_t>() : nullptr, H * W,
+                                            c_out, cl};
+      with_epilogue<scalar_t>(relu, negative_slope, channel, residual.defined(), out_data, res, scale, run);
     }
   });
   return out;
@@ -592,7 +639,7 @@ TORCH_LIBRARY(ghostsr, m) {
   m.set_python_module("ghostsr_plugin.ops.backend");
   m.def(
       "ghost_shift(Tensor x, Tensor index, int offset, int d, Tensor? probs=None, Tensor? residual=None, "
-      "float scale=1.0, bool relu=False, float negative_slope=0.0) -> Tensor");
+      "float scale=1.0, bool relu=False, float negative_slope=0.0, Tensor? slopes=None) -> Tensor");
   m.def("ghost_shift_backward(Tensor grad_out, Tensor index, int offset, int d, int num_in) -> Tensor");
   m.def("ghost_shift_offset_grad(Tensor grad_out, Tensor x, Tensor index, int d) -> Tensor");
 }

@@ -8,7 +8,8 @@
 //   * output channel c is entry index[c] of the virtual concatenation [I, G] (2n channels):
 //     index[c] < n copies I[index[c]], index[c] >= n is the ghost G[index[c] - n].
 // Optional fused epilogue (forward only; its gradient is composed in Python): out = residual + scale * act(Y),
-// act = torch.relu when relu and negative_slope == 0, leaky_relu(Y, negative_slope) when relu and the slope is
+// act = prelu(Y, slopes) when slopes are given (nn.PReLU's weight: one per output channel, or one for all),
+// else torch.relu when relu and negative_slope == 0, leaky_relu(Y, negative_slope) when relu and the slope is
 // nonzero, none otherwise; each step rounded to the dtype as the separate PyTorch ops would (act, then * scale,
 // then residual +).
 // Backward: dL/dI is the transposed move of the ghost gradients plus the intrinsic ones, summed per source
@@ -123,6 +124,20 @@ inline ForwardTensors forward_tensors(const at::Tensor& x_in, int64_t c_out,
   return t;
 }
 
+// The PReLU slopes of a forward as c_out contiguous values of x's dtype on x's device (one value is used for every
+// channel, as nn.PReLU(1)); undefined when none are given.
+inline at::Tensor channel_slopes(const std::optional<at::Tensor>& slopes, const at::Tensor& x, int64_t c_out) {
+  if (!slopes.has_value()) return at::Tensor();
+  const at::Tensor& w = *slopes;
+  TORCH_CHECK(w.dim() == 1 && (w.size(0) == c_out || w.size(0) == 1), "ghost_shift: slopes must be a 1-D tensor of ",
+              c_out, " values (one per output channel) or 1, got shape ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "ghost_shift: slopes are ", w.scalar_type(),
+              " but the features are ", x.scalar_type());
+  TORCH_CHECK(w.device() == x.device(), "ghost_shift: slopes are on ", w.device(), " but the features are on ",
+              x.device());
+  return w.expand({c_out}).contiguous();
+}
+
 inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& index, int64_t offset, int64_t d,
                                 int64_t num_in) {
   check_features(grad_out, "output gradient");
@@ -158,7 +173,7 @@ inline at::ScalarType offset_grad_dtype(at::ScalarType features) {
 #ifdef GHOSTSR_WITH_CUDA
 at::Tensor ghost_shift_cuda(const at::Tensor& x, const at::Tensor& index, int64_t offset, int64_t d,
                             const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual,
-                            double scale, bool relu, double negative_slope);
+                            double scale, bool relu, double negative_slope, const std::optional<at::Tensor>& slopes);
 at::Tensor ghost_shift_backward_cuda(const at::Tensor& grad_out, const at::Tensor& index, int64_t offset, int64_t d,
                                      int64_t num_in);
 at::Tensor ghost_shift_offset_grad_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& index,

@@ -96,19 +96,23 @@ __device__ __forceinline__ bool valid_entry(int64_t e, int64_t n) {
 }
 
 // Epilogue arguments of a launch: residual + scale * act(Y), act torch.relu (`relu`), leaky ReLU of `slope`
-// (`leaky`) or none; `active` is false for the plain op.
+// (`leaky`), PReLU of the per-channel `slopes` (`leaky` with `slopes` set) or none; `active` is false for the
+// plain op.
 template <typename T>
 struct EpilogueArgs {
   const T* residual;
+  const T* slopes;  // c_out values, or null
   at::opmath_type<T> scale, slope;
   bool relu, leaky, active;
 };
 
-// The forward's optional fused epilogue on V output elements, rounded to T after each step as the separate PyTorch
-// ops round (leaky ReLU as PyTorch's kernels: v * (v > 0 ? 1 : slope) in opmath, rounded, the same value as
-// v > 0 ? v : v * slope). `residual` points at the same elements in the residual (or is null).
+// The forward's optional fused epilogue on V output elements of channels c, c + c_step, ... (c_step 0 in NCHW, 1 in
+// channels_last), rounded to T after each step as the separate PyTorch ops round (leaky ReLU and PReLU as PyTorch's
+// kernels: v * (v > 0 ? 1 : slope) in opmath, rounded, the same value as v > 0 ? v : v * slope). `residual` points
+// at the same elements in the residual (or is null).
 template <typename T, int V>
-__device__ __forceinline__ void apply_epilogue(Pack<T, V>& p, const T* residual, const EpilogueArgs<T>& epi) {
+__device__ __forceinline__ void apply_epilogue(Pack<T, V>& p, const T* residual, const EpilogueArgs<T>& epi,
+                                               int64_t c, int64_t c_step) {
   using A = at::opmath_type<T>;
   Pack<T, V> r;
   if (residual != nullptr) r = *reinterpret_cast<const Pack<T, V>*>(residual);
@@ -116,7 +120,10 @@ __device__ __forceinline__ void apply_epilogue(Pack<T, V>& p, const T* residual,
   for (int j = 0; j < V; ++j) {
     A v = static_cast<A>(p.v[j]);
     if (epi.relu) v = v < A(0) ? A(0) : v;
-    if (epi.leaky) v = static_cast<A>(static_cast<T>(v * (v > A(0) ? A(1) : epi.slope)));
+    if (epi.leaky) {
+      const A slope = epi.slopes != nullptr ? static_cast<A>(epi.slopes[c + j * c_step]) : epi.slope;
+      v = static_cast<A>(static_cast<T>(v * (v > A(0) ? A(1) : slope)));
+    }
     const T scaled = static_cast<T>(v * epi.scale);
     p.v[j] = residual != nullptr ? static_cast<T>(static_cast<A>(r.v[j]) + static_cast<A>(scaled)) : scaled;
   }
@@ -156,7 +163,7 @@ __global__ void forward_nchw_kernel(const T* __restrict__ x, T* __restrict__ out
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
     const int64_t y = y0 + i / wv, x0 = (i % wv) * V, pos = plane_offset + y * W + x0;
     Pack<T, V> val = load_moved<T, V>(src, H, W, y, x0, mdy, mdx);
-    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi);
+    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi, c, 0);
     *reinterpret_cast<Pack<T, V>*>(out + pos) = val;
   }
 }
@@ -196,7 +203,7 @@ __global__ void forward_nhwc_kernel(const T* __restrict__ x, T* __restrict__ out
       }
     }
     const int64_t pos = pixel * c_out + c0;
-    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi);
+    if (epi.active) apply_epilogue(val, epi.residual ? epi.residual + pos : nullptr, epi, c0, 1);
     *reinterpret_cast<Pack<T, V>*>(out + pos) = val;
   }
 }
@@ -408,12 +415,14 @@ __global__ void offset_grad_nhwc_kernel(const T* __restrict__ g, const T* __rest
 
 at::Tensor ghost_shift_cuda(const at::Tensor& x_in, const at::Tensor& index_in, int64_t offset, int64_t d,
                             const std::optional<at::Tensor>& probs, const std::optional<at::Tensor>& residual_in,
-                            double scale, bool relu, double negative_slope) {
+                            double scale, bool relu, double negative_slope,
+                           const std::optional<at::Tensor>& slopes_in) {
   check_forward_args(x_in, index_in, offset, d, probs);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor index = index_in.contiguous();
   const int64_t c_out = index.size(0);
   const auto [cl, x, residual, out] = forward_tensors(x_in, c_out, residual_in);
+  const at::Tensor slopes = channel_slopes(slopes_in, x, c_out);
   const int64_t N = x.size(0), n = x.size(1), H = x.size(2), W = x.size(3);
   if (out.numel() == 0) return out;
   const auto [dy, dx] = offset_to_shift(offset, d);
@@ -424,12 +433,14 @@ at::Tensor ghost_shift_cuda(const at::Tensor& x_in, const at::Tensor& index_in, 
     const int64_t* idx = index.const_data_ptr<int64_t>();
     const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     using A = at::opmath_type<scalar_t>;
+    const scalar_t* sl = slopes.defined() ? slopes.const_data_ptr<scalar_t>() : nullptr;
     const EpilogueArgs<scalar_t> epi{res,
+                                     sl,
                                      static_cast<A>(scale),
                                      static_cast<A>(negative_slope),
-                                     relu && negative_slope == 0.0,
-                                     relu && negative_slope != 0.0,
-                                     relu || res != nullptr || scale != 1.0};
+                                     sl == nullptr && relu && negative_slope == 0.0,
+                                     sl != nullptr || (relu && negative_slope != 0.0),
+                                     sl != nullptr || relu || res != nullptr || scale != 1.0};
     if (cl) {
       const int v = vector_width<scalar_t>(c_out, {src, dst, res});
       GHOSTSR_DISPATCH_WIDTH(v, [&] {

@@ -14,8 +14,10 @@ What is compared, and how strictly:
   float/double, the reference sums in the tensor's own dtype).
 * ``gradcheck`` in float64 for the features; the straight-through gradient is checked against autograd of its
   soft surrogate ``sum_k S_k shift_k(I)``.
-* the fused epilogue ``residual + scale * act(Y)`` (act: ReLU, leaky ReLU or none): ``torch.equal`` against
-  ``torch.relu`` / ``F.leaky_relu``, ``* scale`` and ``residual +`` run one after the other, forward and gradients.
+* the fused epilogue ``residual + scale * act(Y)`` (act: ReLU, leaky ReLU, PReLU or none): ``torch.equal`` against
+  ``torch.relu`` / ``F.leaky_relu`` / ``F.prelu``, ``* scale`` and ``residual +`` run one after the other, forward
+  and gradients (the PReLU slopes' gradient, a sum over N, H, W, against ``F.prelu`` on Y in the op's output
+  layout: PyTorch's own sum order depends on the layout).
 
 Every test that needs the compiled extension fails (not skips) when it is missing, so CI notices a broken build,
 unless ``GHOSTSR_NO_EXT=1`` says the build was skipped on purpose; the fallback and input-check tests run either way.
@@ -416,6 +418,92 @@ def test_epilogue_opcheck_and_gradcheck():
         assert torch.autograd.gradcheck(lambda a: op.ghost_shift(a, index, 6, 1, None, None, 1.0, True, slope), (x, ))
 
 
+# PReLU (Compact's activation): one slope per output channel, or one for all; slopes of both signs.
+PRELU_EPILOGUES = [dict(), dict(scale=0.5), dict(residual=True), dict(residual=True, scale=-0.3)]
+
+
+def prelu_slopes(count, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(count, generator=gen, dtype=torch.float64) - 0.4).to(dtype)
+
+
+@requires_ext
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_prelu_epilogue_forward_exact(dtype, layout):
+    n = 4
+    x = features(n, dtype, layout)
+    for count in (C_OUT, 1):
+        slopes = prelu_slopes(count, dtype)
+        for epilogue in PRELU_EPILOGUES:
+            for index in maps(n).values():
+                for d, k in [(1, 0), (1, 4), (1, 5), (2, 13)]:
+                    residual = features(C_OUT, dtype, layout, seed=7) if epilogue.get('residual') else None
+                    scale = epilogue.get('scale', 1.0)
+                    y = F.prelu(ghost_shift_reference(x, index, k, d), slopes)
+                    expected = separate_ops(y, residual, scale)
+                    out = op.ghost_shift(x, index, k, d, None, residual, scale, False, 0.0, slopes)
+                    assert torch.equal(out, expected), (count, epilogue, d, k)
+                    assert torch.equal(out.signbit(), expected.signbit()), (count, epilogue, d, k)
+                    assert torch.equal(backend.ghost_shift(x, index, k, d, residual=residual, scale=scale,
+                                                           slopes=slopes), expected)
+
+
+@requires_ext
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_prelu_epilogue_backward_exact(layout):
+    """Gradients to x, the slopes, the residual and S(W') through the fused PReLU equal those through the ghost op
+    followed by ``F.prelu`` (exact; S(W') as the other epilogues, to a tolerance)."""
+    memory_format = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for count in (C_OUT, 1):
+            for epilogue in PRELU_EPILOGUES:
+                x = features(4, dtype, layout).requires_grad_()
+                slopes = prelu_slopes(count, dtype).requires_grad_()
+                residual = features(C_OUT, dtype, layout, seed=7).requires_grad_() if epilogue.get('residual') else None
+                scale = epilogue.get('scale', 1.0)
+                probs = torch.softmax(torch.randn(9), 0).requires_grad_()
+                grad = features(C_OUT, dtype, layout, seed=5)
+                index = default_index(C_OUT, 4)
+                inputs = [t for t in (x, slopes, residual, probs) if t is not None]
+                out = backend.ghost_shift(x, index, 5, 1, probs, residual=residual, scale=scale, slopes=slopes)
+                y = ghost_shift_reference(x, index, 5, 1, probs).contiguous(memory_format=memory_format)
+                expected = separate_ops(F.prelu(y, slopes), residual, scale)
+                grads = torch.autograd.grad(out, inputs, grad)
+                ref_grads = torch.autograd.grad(expected, inputs, grad)
+                assert torch.equal(out, expected)
+                assert torch.equal(grads[0], ref_grads[0]), (dtype, count, epilogue)
+                assert torch.equal(grads[1], ref_grads[1]), (dtype, count, epilogue)
+                if residual is not None:
+                    assert torch.equal(grads[2], ref_grads[2])
+                tol = 5e-2 if dtype == torch.bfloat16 else 1e-5
+                torch.testing.assert_close(grads[-1], ref_grads[-1], rtol=tol, atol=tol)
+
+
+@requires_ext
+def test_prelu_epilogue_opcheck_and_gradcheck():
+    index = maps(3, c_out=7)['random']
+    x = features(3, torch.float64, 'nchw', shape=(2, 5, 6)).requires_grad_()
+    residual = features(7, torch.float64, 'nchw', shape=(2, 5, 6), seed=2).requires_grad_()
+    for count in (7, 1):
+        slopes = prelu_slopes(count, torch.float64).requires_grad_()
+        torch.library.opcheck(op.ghost_shift.default, (x, index, 3, 1, None, None, 1.0, False, 0.0, slopes))
+        torch.library.opcheck(op.ghost_shift.default, (x, index, 3, 1, None, residual, 0.25, False, 0.0, slopes))
+        assert torch.autograd.gradcheck(
+            lambda a, w, r: op.ghost_shift(a, index, 6, 1, None, r, -0.5, False, 0.0, w), (x, slopes, residual))
+
+
+@requires_ext
+def test_prelu_epilogue_bad_slopes():
+    x, index = torch.randn(1, 4, 5, 5), default_index(8, 4)
+    with pytest.raises(RuntimeError, match='slopes must be a 1-D tensor of 8 values'):
+        op.ghost_shift(x, index, 0, 1, None, None, 1.0, False, 0.0, torch.rand(4))
+    with pytest.raises(RuntimeError, match='slopes are Double'):
+        op.ghost_shift(x, index, 0, 1, None, None, 1.0, False, 0.0, torch.rand(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match='slopes must be a 1-D tensor of 8 values'):
+        backend.ghost_shift(x, index, 0, 1, slopes=torch.rand(1, 8))
+
+
 @requires_ext
 def test_epilogue_bad_inputs():
     x, index = torch.randn(1, 4, 5, 5), default_index(8, 4)
@@ -616,6 +704,10 @@ def test_cuda_matches_reference(dtype, layout, shape):
                 assert torch.equal(fused, separate_ops(ghost_shift_reference(x, index, k, d), residual, 0.1, True))
                 leaky = op.ghost_shift(xc, ic, k, d, None, residual.cuda(), 0.1, True, 0.2).cpu()
                 assert torch.equal(leaky, separate_ops(ghost_shift_reference(x, index, k, d), residual, 0.1, True, 0.2))
+                slopes = prelu_slopes(C_OUT, dtype)
+                prelu = op.ghost_shift(xc, ic, k, d, None, residual.cuda(), 0.1, False, 0.0, slopes.cuda()).cpu()
+                y = F.prelu(ghost_shift_reference(x, index, k, d), slopes)
+                assert torch.equal(prelu, separate_ops(y, residual, 0.1))
 
 
 @requires_cuda

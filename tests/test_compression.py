@@ -263,6 +263,27 @@ def test_prune_baseline_runs_the_same_pipeline(setup):
     assert report['networks'][1]['latency'] is not None
 
 
+def test_shift_mode_copy_builds_copy_layers(setup):
+    """--shift_mode copy (the paper's ablation, a cheaper step) reaches the Ghost network: its options say so and
+    every ghost layer of the written network copies without a move; an unknown mode is refused by name."""
+    from ghostsr_plugin.archs.build import load_network
+    from ghostsr_plugin.ops import ghost_layers
+    from ghostsr_plugin.pipeline.compression import compress
+    from ghostsr_plugin.utils.errors import UserInputError
+    import yaml
+    root, images = setup
+    out = root / 'copy'
+    proc = run([python(), *_args(root, images, out, '--iters', '1', '--start', 'cluster', '--shift_mode', 'copy')],
+               root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert yaml.safe_load((out / 'ghost.yml').read_text())['network_g']['shift_mode'] == 'copy'
+    layers = ghost_layers(load_network(str(out / 'ghost.yml'), str(out / 'ghost.pth')))
+    assert layers and all(layer.shift_mode == 'copy' and layer.shift_logits is None for layer in layers)
+    with pytest.raises(UserInputError, match="--shift_mode 'shifty': allowed learnable, fixed, copy"):
+        compress(str(root / 'never'), [str(images)], arch='EDSR', shift_mode='shifty')
+    assert not (root / 'never').exists()
+
+
 def test_calibrated_start_is_the_default_and_beats_clustering(setup, finished):
     """Without --start, the run starts from the calibrated start (compress.calibration): the report says so, the
     start's fidelity on the held-out images is above the §3.2 clustering start's of the finished run above, and the

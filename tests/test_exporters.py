@@ -51,7 +51,18 @@ def _nets():
         'Ghost over EDSR, res_scale 0.1': (_learned(build_network(dict(
             type='Ghost', network=dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=3,
                                        res_scale=0.1)))), None),
+        'Ghost over Compact, fused PReLUs': (_learned(_with_slopes(build_network(dict(
+            type='Ghost', network=dict(type='SRVGGNetCompact', num_feat=8, num_conv=3, upscale=2))))), None),
     }
+
+
+def _with_slopes(net):
+    """PReLU slopes of both signs, so the fused PReLU (one slope per output channel, applied after the move) shows."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(-0.5, 0.5)
+    return net
 
 
 NETS = _nets()

@@ -2,8 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ghostsr_plugin.ops.ghost_conv import GhostConv2d, ghost_offsets
+from ghostsr_plugin.ops.ghost_conv import FusedPReLU, GhostConv2d, ghost_offsets
 from ghostsr_plugin.ops.schedule import GhostSchedule
 from ghostsr_plugin.ops.shift import centre_offset, shift2d, shift_to_offset
 
@@ -163,6 +164,37 @@ def test_fused_leaky_relu_equals_conv_then_leaky_relu(backend, slope, monkeypatc
             grad = torch.randn_like(out)
             ours, ref = torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, ref_inputs, grad)
             assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+
+
+@pytest.mark.parametrize('count', [8, 1])
+@pytest.mark.parametrize('backend', ['auto', 'reference'])
+def test_fused_prelu_equals_conv_then_prelu(backend, count, monkeypatch):
+    """A layer with a fused ``nn.PReLU`` (Compact's conv + PReLU pairs; per-channel or one slope) gives exactly
+    ``F.prelu(Y, weight)``, forward and backward (x, conv weights, the slopes), NCHW and channels_last; the PReLU
+    module keeps its weight (trained) and passes its input through."""
+    monkeypatch.setenv('GHOSTSR_BACKEND', backend)
+    torch.manual_seed(0)
+    prelu = FusedPReLU.from_prelu(nn.PReLU(count, init=-0.1))
+    with torch.no_grad():
+        prelu.weight.uniform_(-0.5, 0.5)
+    fused = GhostConv2d(6, 8, shift_mode='fixed', offset=(1, -1))
+    fused.fuse_prelu(prelu)
+    plain = GhostConv2d(6, 8, shift_mode='fixed', offset=(1, -1))
+    plain.load_state_dict(fused.state_dict())
+    assert 'prelu=True' in repr(fused) and 'fused_prelu' not in fused.state_dict()
+    weight = prelu.weight
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 6, 7, 5).contiguous(memory_format=layout).requires_grad_()
+        out = prelu(fused(x))
+        expected = F.prelu(plain(x), weight)
+        assert torch.equal(out, expected)
+        grad = torch.randn_like(out)
+        ours = torch.autograd.grad(out, [x, fused.weight, fused.bias, weight], grad)
+        ref = torch.autograd.grad(expected, [x, plain.weight, plain.bias, weight], grad)
+        assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+    assert torch.equal(fused(x, relu=False), plain(x))  # an explicit relu= overrides the layer's activation
+    with pytest.raises(ValueError, match='fuse_prelu needs a FusedPReLU of 1 or 8 slopes'):
+        fused.fuse_prelu(FusedPReLU(4))
 
 
 def test_network_deepcopies_after_a_training_forward():

@@ -17,6 +17,7 @@ from ghostsr_plugin.archs.rdn_arch import RDN, GhostRDN
 from ghostsr_plugin.compress.clustering import cluster_init
 from ghostsr_plugin.compress.ghostifier import format_report, ghostify
 from ghostsr_plugin.ops import GhostConv2d, ghost_layers
+from ghostsr_plugin.ops.ghost_conv import FusedPReLU
 
 EDSR_ARGS = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, upscale=4)
 RDN_ARGS = dict(num_feat=8, num_block=2, num_layer=2, num_grow_ch=8, upscale=2)
@@ -71,6 +72,35 @@ def test_edsr_epilogues_are_fused_and_give_the_unfused_values():
     reference(x).square().mean().backward()
     for (name, a), b in zip(net.named_parameters(), reference.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_compact_prelus_are_fused_and_give_the_unfused_values():
+    """Real-ESRGAN's Compact (SRVGGNetCompact) follows every conv with its own ``nn.PReLU``: each ghosted conv fuses
+    its PReLU, whose place a ``FusedPReLU`` takes with the same weight under the same state-dict name (a checkpoint
+    of the unfused network loads). Same outputs and gradients (all parameters, the slopes included) as unfused."""
+    from basicsr.archs.srvgg_arch import SRVGGNetCompact
+    torch.manual_seed(0)
+    args = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=4, upscale=2, act_type='prelu')
+    plain = SRVGGNetCompact(**args)
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(-0.5, 0.5)  # slopes of both signs, one per channel
+    net, reference = ghostify(copy.deepcopy(plain)), ghostify(copy.deepcopy(plain), fuse=False)
+    fused = {name: entry['fused'] for name, entry in net.ghostify_report.items() if entry['ghosted']}
+    assert fused and set(fused.values()) == {'prelu'}, fused
+    assert all(isinstance(net.body[int(name.split('.')[1]) + 1], FusedPReLU) for name in fused)
+    assert list(net.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(net.state_dict())
+    x = torch.rand(2, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), reference.eval()(x))
+    net.train(), reference.train()
+    net.ghost_schedule.set_iteration(1), reference.ghost_schedule.set_iteration(1)
+    net(x).square().mean().backward()
+    reference(x).square().mean().backward()
+    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(a.grad, b.grad), name
 
 
 def test_esrgan_shared_leaky_relu_is_fused_and_gives_the_unfused_values():

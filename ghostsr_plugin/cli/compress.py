@@ -12,6 +12,7 @@ import functools
 from ghostsr_plugin.cli.arguments import add_network_source
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA
 from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES
+from ghostsr_plugin.ops.ghost_conv import SHIFT_MODES
 from ghostsr_plugin.pipeline.compression import BASELINES, STARTS, compress
 
 
@@ -36,6 +37,10 @@ def main(argv=None):
     parser.add_argument('--bench', nargs='+', default=[], help='benchmark sets (Set5 Set14 ...) for Y-PSNR/SSIM too')
     parser.add_argument('--data', default=DEFAULT_DATA, help='data folder with benchmark/ (../shared/data)')
     parser.add_argument('--ghost_ratio', type=float, default=0.5, help='λ, the share of ghost features (0.5)')
+    parser.add_argument('--shift_mode', choices=SHIFT_MODES, default='learnable',
+                        help='learnable: each ghost layer learns its offset (Gumbel-softmax, §3.1); copy: ghosts are '
+                        'unshifted copies (the paper\'s ablation; a cheaper step); fixed: the offset (0, -1) '
+                        '(learnable)')
     parser.add_argument('--start', choices=STARTS, default='calibrate',
                         help='calibrate: fitted to the original\'s layer outputs on your images, each layer\'s λ '
                         'chosen so that its convolutions, timed here, take no longer than at uniform --ghost_ratio; '
@@ -61,5 +66,6 @@ def main(argv=None):
              args.param_key, args.network_key, args.minutes, args.iters, args.inputs, args.val, args.val_share,
              args.bench, args.data, args.ghost_ratio, args.start, args.device, args.export, args.auto_resume,
              args.lq_size, args.batch_size, args.lr, args.nproc, args.seed, progress=not args.no_progress,
-             log=functools.partial(print, flush=True), baseline=args.baseline, prune_ratio=args.prune_ratio)
+             log=functools.partial(print, flush=True), baseline=args.baseline, prune_ratio=args.prune_ratio,
+             shift_mode=args.shift_mode)
     return 0

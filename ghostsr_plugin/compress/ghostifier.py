@@ -28,7 +28,8 @@ Fused epilogues (the same values, fewer passes over the features), found in the 
 
 * ``conv -> nn.ReLU`` or ``conv -> nn.LeakyReLU`` module (ESRGAN's shared ``lrelu``), when that module only ever
   sees such outputs: the activation runs inside the ghost op and an ``nn.Identity`` takes the module's place (as in
-  GhostRDN / GhostCARN / GhostCARN_M);
+  GhostRDN / GhostCARN / GhostCARN_M); the same for ``conv -> nn.PReLU`` (Compact), whose place a
+  :class:`~ghostsr_plugin.ops.ghost_conv.FusedPReLU` takes, keeping its trained slopes and their state-dict name;
 * ``x + conv(...) * s`` / ``x + conv(...)`` in the ``forward`` of a block (any module below the root whose direct
   child is a ghosted conv), found with ``torch.fx`` on that block alone (its children are leaves): the block is
   replaced by the rewritten ``GraphModule`` (same child names, so the same state-dict names), checked to give the
@@ -44,7 +45,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ghostsr_plugin.compress.reparam import merge_reparameterized
-from ghostsr_plugin.ops.ghost_conv import GhostOptions, ghost_layers
+from ghostsr_plugin.ops.ghost_conv import FusedPReLU, GhostOptions, ghost_layers
 from ghostsr_plugin.ops.schedule import GhostSchedule, attach_schedule
 
 __all__ = ['ghostify', 'ghost_arch', 'format_report', 'GHOST_ARGS', 'GHOST_ARGS_DOC', 'UPSAMPLERS']
@@ -72,7 +73,7 @@ _CHANNELWISE = {
 # Reads that use no values (not consumers of a conv output for the ReLU fusion).
 _METADATA = {'size', 'dim', '__get__', 'numel', 'is_contiguous', 'is_floating_point', 'element_size', 'stride',
              'ndimension', 'nelement', 'get_device', '__len__', '__format__', '__bool__'}
-_RELU = {'relu', 'relu_', 'leaky_relu', 'leaky_relu_'}
+_RELU = {'relu', 'relu_', 'leaky_relu', 'leaky_relu_', 'prelu'}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,9 +230,10 @@ def _trace_roles(net, convs, example):
     for conv in convs.values():
         handles += [conv.register_forward_pre_hook(conv_pre), conv.register_forward_hook(conv_post)]
     for name, module in net.named_modules():
-        if type(module) in (nn.ReLU, nn.LeakyReLU) and id(module) not in relu_names:
+        if type(module) in (nn.ReLU, nn.LeakyReLU, nn.PReLU) and id(module) not in relu_names:
             relu_names[id(module)] = name
-            relu_slopes[name] = float(getattr(module, 'negative_slope', 0.0))  # nn.ReLU: 0
+            # nn.ReLU: 0; nn.PReLU: the module (its slopes are a parameter)
+            relu_slopes[name] = module if type(module) is nn.PReLU else float(getattr(module, 'negative_slope', 0.0))
             handles += [module.register_forward_pre_hook(relu_pre), module.register_forward_hook(relu_post)]
         if name and any(isinstance(child, nn.Conv2d) for child in module.children()):
             handles.append(module.register_forward_pre_hook(block_pre(name), with_kwargs=True))
@@ -288,9 +290,9 @@ def _trace_with_default_input(net, convs, size):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _relu_fusions(roles, ghosted):
-    """{conv name: ReLU module name} for ghosted convs whose every output goes only into one nn.ReLU or
-    nn.LeakyReLU module that never sees anything else."""
+def _relu_fusions(roles, ghosted, convs):
+    """{conv name: ReLU module name} for ghosted convs whose every output goes only into one nn.ReLU, nn.LeakyReLU
+    or nn.PReLU (of one slope or one per channel) module that never sees anything else."""
     fusions = {}
     for conv in ghosted:
         uses = roles['consumers'].get(conv, [])
@@ -298,6 +300,9 @@ def _relu_fusions(roles, ghosted):
         if uses and len(relus) == 1 and None not in relus:
             relu_id = relus.pop()
             relu_name = next(n for n, i in roles['relu_ids'].items() if i == relu_id)
+            prelu = roles['relu_slopes'][relu_name]
+            if isinstance(prelu, nn.PReLU) and prelu.weight.numel() not in (1, convs[conv].out_channels):
+                continue
             if all(src is not None and src in ghosted for src in roles['relu_inputs'][relu_name]):
                 fusions[conv] = relu_name
     return fusions
@@ -454,7 +459,7 @@ def ghostify(net,
         include (list[str] | None): ``fnmatch`` patterns of convolutions to ghost even if the §4.1 rules keep them
             plain (they must be eligible).
         exclude (list[str] | None): patterns of convolutions to keep plain (wins over ``include``).
-        fuse (bool): fuse ReLU / LeakyReLU / residual epilogues into the ghost op where the pattern allows.
+        fuse (bool): fuse ReLU / LeakyReLU / PReLU / residual epilogues into the ghost op where the pattern allows.
             Default True.
         example_inputs ((tuple, dict) | None): forward arguments for the trace; default one 1 x C x 16 x 16 zeros
             input, C the first convolution's input channels.
@@ -471,7 +476,8 @@ def ghostify(net,
         nn.Module: the Ghost network (the same class, the same state-dict names plus ``ghost_index`` /
         ``shift_logits`` per ghost layer and ``ghost_schedule.iteration``; a merged block's names are those of its
         deploy form), with ``ghostify_report``: ``{conv name: {'ghosted': bool, 'reason': str,
-        'fused': None | 'relu' | 'leaky_relu' | 'residual', 'merged': None | block class, 'ratio': λ | None}}``
+        'fused': None | 'relu' | 'leaky_relu' | 'prelu' | 'residual', 'merged': None | block class,
+        'ratio': λ | None}}``
         (``merged``: the conv is the deploy form of that re-parameterised block; ``ratio``: a ghosted layer's λ).
     """
     if ghost_layers(net):
@@ -530,15 +536,20 @@ def ghostify(net,
                          f'those feeding an upsampler (include= overrides those three); here: {why or "no conv"}')
     ratios = _layer_ratios(layer_ratios, report, ghost_ratio)
 
-    relu_fusions = _relu_fusions(roles, set(ghosted)) if fuse else {}
+    relu_fusions = _relu_fusions(roles, set(ghosted), convs) if fuse else {}
     slopes = {conv: roles['relu_slopes'][relu] for conv, relu in relu_fusions.items()}
+    prelus = {relu: FusedPReLU.from_prelu(roles['relu_slopes'][relu]) for relu in set(relu_fusions.values())
+              if isinstance(roles['relu_slopes'][relu], nn.PReLU)}
     for name in ghosted:
         conv = convs[name]
         options = ghost if ratios[name] == ghost_ratio else GhostOptions(ratios[name], ghost_d, shift_mode,
                                                                            fixed_offset)
         layer = options.conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], groups=conv.groups,
-                           bias=conv.bias is not None, name=name, relu=name in relu_fusions,
-                           negative_slope=slopes.get(name, 0.0))
+                           bias=conv.bias is not None, name=name,
+                           relu=name in relu_fusions and relu_fusions[name] not in prelus,
+                           negative_slope=0.0 if relu_fusions.get(name) in prelus else slopes.get(name, 0.0))
+        if relu_fusions.get(name) in prelus:
+            layer.fuse_prelu(prelus[relu_fusions[name]])
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(conv.weight[:layer.out_channels])
@@ -548,9 +559,10 @@ def ghostify(net,
             if module is conv:
                 _set_module(net, alias, layer)
         if name in relu_fusions:
-            report[name]['fused'] = 'leaky_relu' if slopes[name] else 'relu'
+            kind = 'prelu' if relu_fusions[name] in prelus else 'leaky_relu' if slopes[name] else 'relu'
+            report[name]['fused'] = kind
     for relu_name in set(relu_fusions.values()):
-        _set_module(net, relu_name, nn.Identity())
+        _set_module(net, relu_name, prelus.get(relu_name, nn.Identity()))
 
     if fuse:
         modules = dict(net.named_modules())

@@ -8,7 +8,8 @@ schedule removed, so neither form holds a Gumbel parameter, a noise source or a 
 ONNX (:func:`export_onnx`): every ``GhostConv2d`` becomes an :class:`OnnxGhostConv2d` made of plain PyTorch ops
 that the ONNX exporter (``torch.onnx.export(..., dynamo=True)``) turns into standard operators:
 
-    intrinsic I = Conv(x) (+ Relu, * scale: both commute with the move, so they run on the n intrinsic channels)
+    intrinsic I = Conv(x) (+ Relu, * scale: both commute with the move, so they run on the n intrinsic channels;
+                  a fused PReLU, one slope per output channel, runs on Y instead)
     sources S   = I, or Gather(I, ghost sources) when the ghosts are not made from I in order
     ghosts  G   = move(S) by the layer's fixed (dy, dx), zero fill (Eq. 1 with the one-hot W of Eq. 2)
     Y           = Concat(I, G), then Gather by the channel map when it is not [I, G]; + residual
@@ -127,6 +128,7 @@ class OnnxGhostConv2d(nn.Module):
         self.dy, self.dx = shift
         self.d, self.fused_relu, self.shift_form = layer.d, layer.fused_relu, shift_form
         self.fused_negative_slope = layer.fused_negative_slope
+        self.__dict__['fused_prelu'] = layer.fused_prelu  # the network's FusedPReLU, not a submodule (as the layer)
         n = layer.num_intrinsic
         index = layer.ghost_index.detach().clone()
         self.register_buffer('ghost_index', index)
@@ -156,16 +158,23 @@ class OnnxGhostConv2d(nn.Module):
 
     def forward(self, x, residual=None, scale=1.0, relu=None):
         intrinsic = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.fused_prelu is not None and relu is None:  # one slope per output channel: after the move
+            out = F.prelu(self.assemble(intrinsic), self.fused_prelu.weight)
+            out = out * scale if scale != 1.0 else out
+            return out if residual is None else residual + out
         if self.fused_relu if relu is None else relu:
             slope = self.fused_negative_slope
             intrinsic = F.leaky_relu(intrinsic, slope) if slope else torch.relu(intrinsic)
         if scale != 1.0:
             intrinsic = intrinsic * scale
+        out = self.assemble(intrinsic)
+        return out if residual is None else residual + out
+
+    def assemble(self, intrinsic):
+        """The layer's output channels from its intrinsic ones: ``[I, G]`` in the layer's channel map."""
         sources = intrinsic if self.sources_all else intrinsic.index_select(1, self.sources)
         out = torch.cat([intrinsic, self.move(sources)], 1)
-        if not self.order_identity:
-            out = out.index_select(1, self.order)
-        return out if residual is None else residual + out
+        return out if self.order_identity else out.index_select(1, self.order)
 
 
 def onnx_form(net, scale=None, shift_form='conv'):

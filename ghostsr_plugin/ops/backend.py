@@ -4,11 +4,12 @@ The compiled extension ``ghostsr_plugin._C`` defines, with ``TORCH_LIBRARY`` (CP
 threads, CUDA kernels when built with them):
 
 * ``torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False,
-  negative_slope=0.0)``: a ghost layer's full output ``[N, c_out, H, W]`` from its intrinsic features ``x`` (§3.1,
-  Eq. 1-2 with the one-hot W of Eq. 5), in one pass, in the memory format of ``x`` (channels_last stays
-  channels_last). The optional epilogue fuses what follows a ghost layer, ``residual + scale * act(Y)`` with
-  ``act`` a ReLU (``relu``; a leaky ReLU when ``negative_slope`` is nonzero), with the same rounding as the
-  separate ops (so it stays exact);
+  negative_slope=0.0, slopes=None)``: a ghost layer's full output ``[N, c_out, H, W]`` from its intrinsic features
+  ``x`` (§3.1, Eq. 1-2 with the one-hot W of Eq. 5), in one pass, in the memory format of ``x`` (channels_last
+  stays channels_last). The optional epilogue fuses what follows a ghost layer, ``residual + scale * act(Y)`` with
+  ``act`` a PReLU (``slopes``: ``nn.PReLU``'s weight, one per output channel or one for all), a ReLU (``relu``) or a
+  leaky ReLU (``relu`` and a nonzero ``negative_slope``), with the same rounding as the separate ops (so it stays
+  exact);
 * ``torch.ops.ghostsr.ghost_shift_backward(grad_out, index, offset, d, num_in)``: the gradient to ``x`` (the
   transposed move, summed over the output channels sharing a source);
 * ``torch.ops.ghostsr.ghost_shift_offset_grad(grad_out, x, index, d)``: the straight-through gradient to
@@ -107,7 +108,8 @@ def _warn_fallback(device):
         warnings.warn(message, stacklevel=3)
 
 
-def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0):
+def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0,
+                slopes=None):
     """Full output of a ghost layer from its intrinsic features (§3.1, Eq. 1-2, 5-6).
 
     Same arguments, value and gradients as :func:`ghostsr_plugin.ops.shift.ghost_shift_reference`; runs the compiled
@@ -118,16 +120,19 @@ def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=
     Optional fused epilogue: ``residual + scale * act(Y)`` (``relu`` a bool, ``residual`` a tensor of the output's
     shape and dtype or None), equal to ``act``, ``* scale`` and ``residual +`` applied one after the other; ``act``
     is ``torch.relu`` when ``relu`` and ``negative_slope == 0``, ``F.leaky_relu(Y, negative_slope)`` when ``relu``
-    and the slope is nonzero, none without ``relu`` (the slope is then unused).
+    and the slope is nonzero, none without ``relu`` (the slope is then unused); with ``slopes`` (a 1-D tensor of
+    ``c_out`` values or one, ``nn.PReLU``'s weight) ``act`` is ``F.prelu(Y, slopes)`` whatever ``relu`` says, and
+    the slopes get their gradient.
     """
-    epilogue = relu or residual is not None or scale != 1.0
+    epilogue = relu or slopes is not None or residual is not None or scale != 1.0
     if epilogue:
         _check_residual(residual, x, index)
+        _check_slopes(slopes, x, index)
     if _choice() == 'reference' or _decompose_for_inductor() or backend_name(x.device) == 'reference':
         if _choice() != 'reference' and not torch.compiler.is_compiling():
             _warn_fallback(x.device)
         out = ghost_shift_reference(x, index, offset, d, probs)
-        return _reference_epilogue(out, residual, scale, relu, negative_slope) if epilogue else out
+        return _reference_epilogue(out, residual, scale, relu, negative_slope, slopes) if epilogue else out
     if not torch.compiler.is_compiling():
         check_ghost_inputs(x, index, offset, d, probs)
     if probs is not None and not (probs.requires_grad and torch.is_grad_enabled()):
@@ -135,7 +140,7 @@ def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=
     if not epilogue:
         return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs)
     return torch.ops.ghostsr.ghost_shift(x, index, offset, d, probs, residual, float(scale), bool(relu),
-                                         float(negative_slope))
+                                         float(negative_slope), slopes)
 
 
 def _check_residual(residual, x, index):
@@ -149,9 +154,23 @@ def _check_residual(residual, x, index):
                          f'{x.dtype} on {x.device}')
 
 
-def _reference_epilogue(out, residual, scale, relu, negative_slope):
+def _check_slopes(slopes, x, index):
+    if slopes is None or not isinstance(x, torch.Tensor):
+        return
+    if not isinstance(slopes, torch.Tensor) or slopes.dim() != 1 or slopes.shape[0] not in (1, index.shape[0]):
+        shape = tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__
+        raise ValueError(f'ghost_shift: slopes must be a 1-D tensor of {index.shape[0]} values (one per output '
+                         f'channel, nn.PReLU\'s weight) or 1, got {shape}')
+    if slopes.dtype != x.dtype or slopes.device != x.device:
+        raise ValueError(f'ghost_shift: slopes are {slopes.dtype} on {slopes.device} but the features are '
+                         f'{x.dtype} on {x.device}')
+
+
+def _reference_epilogue(out, residual, scale, relu, negative_slope, slopes=None):
     """The epilogue as separate PyTorch ops (what the fused kernels reproduce)."""
-    if relu:
+    if slopes is not None:
+        out = torch.nn.functional.prelu(out, slopes)
+    elif relu:
         out = torch.nn.functional.leaky_relu(out, negative_slope) if negative_slope else torch.relu(out)
     if scale != 1.0 or residual is not None:
         out = out * scale
@@ -184,9 +203,14 @@ def _check_same_device(features, *others):
             raise RuntimeError(f'ghost_shift: {what} is on {other.device} but the features are on {features.device}')
 
 
-def _ghost_shift_fake(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0):
+def _ghost_shift_fake(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0,
+                      slopes=None):
     _check_features(x, 'intrinsic features x')
-    _check_same_device(x, ('channel map', index), ('offset probabilities', probs), ('residual', residual))
+    _check_same_device(x, ('channel map', index), ('offset probabilities', probs), ('residual', residual),
+                       ('slopes', slopes))
+    if slopes is not None:
+        torch._check(slopes.dim() == 1 and slopes.shape[0] in (1, index.shape[0]) and slopes.dtype == x.dtype,
+                     lambda: f'ghost_shift: slopes must be {x.dtype} of shape [{index.shape[0]}] or [1]')
     if residual is not None:
         shape = (x.shape[0], index.shape[0], x.shape[2], x.shape[3])
         torch._check(tuple(residual.shape) == shape and residual.dtype == x.dtype,
@@ -218,25 +242,35 @@ def _needs_grad(ctx, i):
 
 
 def _setup_context(ctx, inputs, output):
-    x, index, offset, d, probs, residual, scale, relu, negative_slope = inputs
+    x, index, offset, d, probs, residual, scale, relu, negative_slope, slopes = inputs
     ctx.offset, ctx.d, ctx.num_in, ctx.scale = offset, d, x.shape[1], scale
-    ctx.relu, ctx.negative_slope = relu, negative_slope
+    ctx.prelu = slopes is not None
+    ctx.relu, ctx.negative_slope = relu and not ctx.prelu, negative_slope
     ctx.probs_dtype = None if probs is None else probs.dtype
     ctx.wants_probs = probs is not None and _needs_grad(ctx, 4)
     # Activation mask (where Y > 0): the output itself when nothing follows the activation and it keeps the sign
-    # (slope >= 0), else Y recomputed from x in the backward.
-    ctx.relu_from_output = relu and negative_slope >= 0 and residual is None and scale == 1.0
-    keep_x = ctx.wants_probs or (relu and not ctx.relu_from_output)
-    ctx.save_for_backward(index, x if keep_x else None, output if ctx.relu_from_output else None)
+    # (slope >= 0), else Y recomputed from x in the backward (always for PReLU, whose slopes may be negative and
+    # whose slope gradient needs Y).
+    ctx.relu_from_output = ctx.relu and negative_slope >= 0 and residual is None and scale == 1.0
+    keep_x = ctx.wants_probs or ctx.prelu or (ctx.relu and not ctx.relu_from_output)
+    ctx.save_for_backward(index, x if keep_x else None, output if ctx.relu_from_output else None, slopes)
 
 
 def _backward(ctx, grad_out):
     """Eq. 6 and the transposed move, after the epilogue's own backward (add, mul by scale, activation), which
-    is PyTorch's own (``threshold_backward`` of ReLU, ``leaky_relu_backward``)."""
-    index, x, output = ctx.saved_tensors
+    is PyTorch's own (``threshold_backward`` of ReLU, ``leaky_relu_backward``, ``_prelu_kernel_backward`` with the
+    slopes viewed and their gradient summed as ``F.prelu`` does)."""
+    index, x, output, slopes = ctx.saved_tensors
     grad_residual = grad_out if _needs_grad(ctx, 5) else None
     grad = grad_out * ctx.scale if ctx.scale != 1.0 else grad_out
-    if ctx.relu:
+    grad_slopes = None
+    if ctx.prelu:
+        y = torch.ops.ghostsr.ghost_shift(x, index, ctx.offset, ctx.d)
+        weight = slopes.reshape(-1, 1, 1) if slopes.shape[0] > 1 else slopes  # F.prelu's broadcast
+        grad, grad_weight = torch.ops.aten._prelu_kernel_backward(grad, y, weight)
+        if _needs_grad(ctx, 9):
+            grad_slopes = grad_weight.sum_to_size(weight.shape).reshape(slopes.shape)
+    elif ctx.relu:
         mask = output if ctx.relu_from_output else torch.ops.ghostsr.ghost_shift(x, index, ctx.offset, ctx.d)
         if ctx.negative_slope:
             grad = torch.ops.aten.leaky_relu_backward(grad, mask, ctx.negative_slope, ctx.relu_from_output)
@@ -247,7 +281,7 @@ def _backward(ctx, grad_out):
         grad_x = torch.ops.ghostsr.ghost_shift_backward(grad, index, ctx.offset, ctx.d, ctx.num_in)
     if ctx.wants_probs:
         grad_probs = torch.ops.ghostsr.ghost_shift_offset_grad(grad, x, index, ctx.d).to(ctx.probs_dtype)
-    return grad_x, None, None, None, grad_probs, grad_residual, None, None, None
+    return grad_x, None, None, None, grad_probs, grad_residual, None, None, None, grad_slopes
 
 
 def _register_python_side():

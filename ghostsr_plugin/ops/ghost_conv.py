@@ -13,7 +13,9 @@ from torch import nn
 
 from ghostsr_plugin.ops.shift import centre_offset, ghost_shift, shift_to_offset, window_size
 
-__all__ = ['SHIFT_MODES', 'GhostConv2d', 'GhostOptions', 'ghost_layers', 'ghost_offsets', 'check_ghost_options']
+__all__ = [
+    'SHIFT_MODES', 'GhostConv2d', 'FusedPReLU', 'GhostOptions', 'ghost_layers', 'ghost_offsets', 'check_ghost_options'
+]
 
 SHIFT_MODES = ('learnable', 'fixed', 'copy')
 
@@ -51,6 +53,10 @@ class GhostConv2d(nn.Conv2d):
             the architecture then puts ``nn.Identity`` where its ReLU module was). Default False.
         negative_slope (float): with ``relu``, the fused activation is ``F.leaky_relu(Y, negative_slope)`` (an
             ``nn.LeakyReLU``, e.g. ESRGAN's); 0 is the plain ReLU. Default 0.
+
+    A following ``nn.PReLU`` (Real-ESRGAN's Compact) is fused with :meth:`fuse_prelu`: the layer applies
+    ``F.prelu(Y, prelu.weight)`` in the ghost op's pass and the PReLU module, left in its place so its weight keeps
+    its state-dict name, passes its input through (:class:`FusedPReLU`).
     """
 
     def __init__(self,
@@ -84,6 +90,7 @@ class GhostConv2d(nn.Conv2d):
         self.name = name
         self.fused_relu = bool(relu)
         self.fused_negative_slope = float(negative_slope)
+        self.__dict__['fused_prelu'] = None  # a FusedPReLU owned by the network, not a submodule (see fuse_prelu)
         self.register_buffer('ghost_index', torch.empty(out_channels, dtype=torch.long))
         if shift_mode == 'learnable':
             # W' of Eq. 3-4. Zero except a small random tie-break, so no direction is favoured at the start.
@@ -101,6 +108,15 @@ class GhostConv2d(nn.Conv2d):
         state = self.__dict__.copy()
         state['_plan'] = None
         return state
+
+    def fuse_prelu(self, prelu):
+        """Apply ``prelu`` (an :class:`FusedPReLU` of 1 or ``full_out_channels`` slopes, left where it is in the
+        network) inside this layer's ghost op. It is held outside ``_modules``, so the network's state dict, ``to()``
+        and ``parameters()`` see its weight once, at its own place; copies of the whole network keep the link."""
+        if not isinstance(prelu, FusedPReLU) or prelu.weight.numel() not in (1, self.full_out_channels):
+            raise ValueError(f'{self.name or "GhostConv2d"}: fuse_prelu needs a FusedPReLU of 1 or '
+                             f'{self.full_out_channels} slopes, got {prelu!r}')
+        self.__dict__['fused_prelu'] = prelu
 
     @property
     def num_intrinsic(self):
@@ -145,19 +161,40 @@ class GhostConv2d(nn.Conv2d):
     def forward(self, x, residual=None, scale=1.0, relu=None):
         """Ghost layer output ``Y = [I, G]``; optionally ``residual + scale * act(Y)`` fused into the same pass
         (the same value as applying those ops one after another; it saves passes over the features). ``relu=None``
-        uses the layer's own ``fused_relu``; the activation's slope is the layer's ``fused_negative_slope``."""
+        uses the layer's own activation (``fused_relu`` with ``fused_negative_slope``, or its fused PReLU); a bool
+        overrides it (no PReLU then)."""
         intrinsic = super().forward(x)
         offset, probs = self.current_offset()
+        slopes = self.fused_prelu.weight if self.fused_prelu is not None and relu is None else None
         relu = self.fused_relu if relu is None else relu
         return ghost_shift(intrinsic, self.ghost_index, offset, self.d, probs, residual=residual, scale=scale,
-                           relu=relu, negative_slope=self.fused_negative_slope)
+                           relu=relu, negative_slope=self.fused_negative_slope, slopes=slopes)
 
     def extra_repr(self):
-        fused = ', relu=True' if self.fused_relu else ''
+        fused = ', relu=True' if self.fused_relu else ', prelu=True' if self.fused_prelu is not None else ''
         if self.fused_relu and self.fused_negative_slope:
             fused += f', negative_slope={self.fused_negative_slope}'
         return (f'{super().extra_repr()}, full_out_channels={self.full_out_channels}, ratio={self.ratio}, '
                 f'd={self.d}, shift_mode={self.shift_mode}' + fused)
+
+
+class FusedPReLU(nn.PReLU):
+    """An ``nn.PReLU`` whose activation a ghost layer applies (:meth:`GhostConv2d.fuse_prelu`): it passes its input
+    through and keeps its ``weight`` (same state-dict name, still trained)."""
+
+    @classmethod
+    def from_prelu(cls, prelu):
+        fused = cls(prelu.num_parameters, device=prelu.weight.device, dtype=prelu.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(prelu.weight)
+        fused.weight.requires_grad_(prelu.weight.requires_grad)
+        return fused
+
+    def forward(self, x):
+        return x
+
+    def extra_repr(self):
+        return f'num_parameters={self.num_parameters}, applied by the ghost layer before it'
 
 
 def ghost_layers(net):

@@ -155,10 +155,12 @@ def ghost_shift_reference(x, index, offset, d, probs=None):
     return _gather(x, index, offset, d)
 
 
-def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0):
+def ghost_shift(x, index, offset, d, probs=None, residual=None, scale=1.0, relu=False, negative_slope=0.0,
+                slopes=None):
     """The ghost op used by the networks: the compiled kernel when one is built, else the reference; with the
-    optional epilogue ``residual + scale * act(Y)``, ``act`` a ReLU or (``negative_slope`` nonzero) leaky ReLU when
-    ``relu`` (see :func:`ghostsr_plugin.ops.backend.ghost_shift`)."""
+    optional epilogue ``residual + scale * act(Y)``, ``act`` a PReLU of the per-channel ``slopes`` when given, else a
+    ReLU or (``negative_slope`` nonzero) leaky ReLU when ``relu``
+    (see :func:`ghostsr_plugin.ops.backend.ghost_shift`)."""
     from ghostsr_plugin.ops import backend
     return backend.ghost_shift(x, index, offset, d, probs, residual=residual, scale=scale, relu=relu,
-                               negative_slope=negative_slope)
+                               negative_slope=negative_slope, slopes=slopes)

@@ -47,6 +47,7 @@ from basicsr.utils import tensor2img
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA
 from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES, LRFolderDataset, list_folder_images
 from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step
+from ghostsr_plugin.ops.ghost_conv import SHIFT_MODES
 from ghostsr_plugin.pipeline.lock import FolderLock
 from ghostsr_plugin.utils.atomic import atomic_torch_save, atomic_write, atomic_write_json, make_folder, write_bytes
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
@@ -63,7 +64,7 @@ MAX_HELD_OUT = 8
 
 
 def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt,
-                     arch, baseline, prune_ratio):
+                     arch, baseline, prune_ratio, shift_mode='learnable'):
     if sum(x is not None for x in (model, opt, arch)) != 1:
         raise UserInputError('give the network as one of --model (a checkpoint), -opt (an option file) or --arch')
     if not images:
@@ -78,6 +79,8 @@ def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, 
         raise UserInputError(f'--inputs {inputs!r}: allowed {", ".join(INPUT_MODES)}')
     if start not in STARTS:
         raise UserInputError(f'--start {start!r}: allowed {", ".join(STARTS)}')
+    if shift_mode not in SHIFT_MODES:
+        raise UserInputError(f'--shift_mode {shift_mode!r}: allowed {", ".join(SHIFT_MODES)}')
     if baseline is not None and baseline not in BASELINES:
         raise UserInputError(f'--baseline {baseline!r}: allowed {", ".join(BASELINES)}')
     if prune_ratio is not None and (baseline != 'prune' or not 0 < prune_ratio < 1):
@@ -314,10 +317,11 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
              network_key='network_g', minutes=None, iters=None, inputs='as-is', val=None, val_share=0.1, bench=(),
              data=DEFAULT_DATA, ghost_ratio=0.5, start='calibrate', device='cpu', export=False, auto_resume=False,
              lq_size=48, batch_size=16, lr=5e-4, nproc=1, seed=0, progress=True, log=print, baseline=None,
-             prune_ratio=None):
+             prune_ratio=None, shift_mode='learnable'):
     """Compress the network (``model`` | ``opt`` | ``arch`` + ``pretrained``) on the images of ``images`` into
     ``out`` (the steps and files in the module docstring). ``minutes`` (default 15 when ``iters`` is not given)
-    or ``iters`` is the fine-tune's budget. ``baseline='prune'`` starts from the plain network with its channels
+    or ``iters`` is the fine-tune's budget. ``shift_mode`` is the ghost layers' (§3.1 learned offsets, 'copy' or
+    'fixed'). ``baseline='prune'`` starts from the plain network with its channels
     pruned (:mod:`ghostsr_plugin.compress.pruning`; by ``prune_ratio``, default the ratio that matches the Ghost
     network's params) instead of the Ghost network, with the same fine-tune, files and report. Returns the report
     (as ``report.json``)."""
@@ -328,14 +332,14 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
     if minutes is None and iters is None:
         minutes = 15
     _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt, arch,
-                     baseline, prune_ratio)
+                     baseline, prune_ratio, shift_mode)
     out = os.path.abspath(out)
     data = os.path.abspath(data)
     record = _arguments_record(images=images, model=model, opt=opt, arch=arch, arch_args=arch_args,
                                pretrained=pretrained, param_key=param_key, network_key=network_key, minutes=minutes,
                                iters=iters, inputs=inputs, val=val, val_share=val_share, ghost_ratio=ghost_ratio,
                                start=start, lq_size=lq_size, batch_size=batch_size, lr=lr, seed=seed,
-                               baseline=baseline, prune_ratio=prune_ratio)
+                               baseline=baseline, prune_ratio=prune_ratio, shift_mode=shift_mode)
     manifest = _check_out(out, record, auto_resume)
     train_paths, held_paths = split_images(images, val, val_share)
     if bench:
@@ -373,6 +377,8 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
             atomic_torch_save({'params': plain.state_dict()}, original_pth)
             _write_options(os.path.join(out, 'original.yml'), 'original', scale, plain_opts, original_pth, val_set)
             ghost_opts = {'type': 'Ghost', 'network': plain_opts, 'ghost_ratio': ghost_ratio}
+            if shift_mode != 'learnable':
+                ghost_opts['shift_mode'] = shift_mode
             if trace_size != 16:
                 ghost_opts['trace_size'] = trace_size
             calib = calibration_inputs(train_set, seed=seed)
