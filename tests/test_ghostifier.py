@@ -74,6 +74,20 @@ def test_edsr_epilogues_are_fused_and_give_the_unfused_values():
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 
 
+def assert_same_as_unfused(net, reference):
+    """``net`` (fused) and ``reference`` (the same weights, ``fuse=False``) give equal eval outputs and, after one
+    training forward, equal gradients of every parameter."""
+    x = torch.rand(2, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), reference.eval()(x))
+    net.train(), reference.train()
+    net.ghost_schedule.set_iteration(1), reference.ghost_schedule.set_iteration(1)
+    net(x).square().mean().backward()
+    reference(x).square().mean().backward()
+    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+
+
 def test_compact_prelus_are_fused_and_give_the_unfused_values():
     """Real-ESRGAN's Compact (SRVGGNetCompact) follows every conv with its own ``nn.PReLU``: each ghosted conv fuses
     its PReLU, whose place a ``FusedPReLU`` takes with the same weight under the same state-dict name (a checkpoint
@@ -92,15 +106,7 @@ def test_compact_prelus_are_fused_and_give_the_unfused_values():
     assert all(isinstance(net.body[int(name.split('.')[1]) + 1], FusedPReLU) for name in fused)
     assert list(net.state_dict()) == list(reference.state_dict())
     reference.load_state_dict(net.state_dict())
-    x = torch.rand(2, 3, 10, 10)
-    with torch.no_grad():
-        assert torch.equal(net.eval()(x), reference.eval()(x))
-    net.train(), reference.train()
-    net.ghost_schedule.set_iteration(1), reference.ghost_schedule.set_iteration(1)
-    net(x).square().mean().backward()
-    reference(x).square().mean().backward()
-    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
-        assert torch.equal(a.grad, b.grad), name
+    assert_same_as_unfused(net, reference)
 
 
 def test_esrgan_shared_leaky_relu_is_fused_and_gives_the_unfused_values():
@@ -120,15 +126,7 @@ def test_esrgan_shared_leaky_relu_is_fused_and_gives_the_unfused_values():
     assert 'fused leaky_relu' in format_report(report)
     reference = ghostify(RRDBNet(**args), fuse=False)
     reference.load_state_dict(net.state_dict())
-    x = torch.rand(2, 3, 10, 10)
-    with torch.no_grad():
-        assert torch.equal(net.eval()(x), reference.eval()(x))
-    net.train(), reference.train()
-    net.ghost_schedule.set_iteration(1), reference.ghost_schedule.set_iteration(1)
-    net(x).square().mean().backward()
-    reference(x).square().mean().backward()
-    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
-        assert torch.equal(a.grad, b.grad), name
+    assert_same_as_unfused(net, reference)
 
 
 def test_report_says_why_layers_stay_plain():
