@@ -30,6 +30,7 @@ re-parameterised blocks (SPAN) is matched in its merged deploy form, as ghostify
 convolutions on the calibration batch are held at once (about 1 GB for CARN_M on 16 crops of 96x96).
 """
 import copy
+import functools
 import math
 import time
 from collections import OrderedDict
@@ -41,6 +42,7 @@ from torch.nn import functional as F
 
 from ghostsr_plugin.compress.ghostifier import GHOST_ARGS, ghostify
 from ghostsr_plugin.compress.reparam import merge_reparameterized
+from ghostsr_plugin.measure.speed import Timer, interleaved
 from ghostsr_plugin.utils.complexity import count_macs
 from ghostsr_plugin.ops.ghost_conv import GhostConv2d, num_intrinsic_channels
 from ghostsr_plugin.ops.shift import centre_offset, ghost_shift, offset_to_shift, shift2d, shift_to_offset, window_size
@@ -380,20 +382,16 @@ def _saving(layer, ratio):
 def _conv_times(conv, x, ratios, calls, reps=TIME_REPS):
     """{λ: milliseconds} of ``conv``'s convolution on ``x`` with all its filters (λ = 0) and with the intrinsic
     filters each λ of ``ratios`` keeps (random weights: the time does not depend on them), ``calls`` times per
-    forward; the median of ``reps`` runs timed interleaved (one run of each width per repetition) after one warm-up."""
+    forward; the median of ``reps`` runs after one warm-up, timed as the report times networks
+    (:func:`~ghostsr_plugin.measure.speed.interleaved`: alternating order, the project's malloc settings)."""
     widths = {0: conv.out_channels}
     widths.update({r: num_intrinsic_channels(conv.out_channels, r, conv.groups) for r in ratios})
     convs = {r: nn.Conv2d(conv.in_channels, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                          conv.groups, conv.bias is not None) for r, n in widths.items()}
-    times = {r: [] for r in convs}
+                          conv.groups, conv.bias is not None).to(x.device) for r, n in widths.items()}
     with torch.no_grad():
-        for rep in range(reps + 1):
-            for r, layer in convs.items():
-                begin = time.perf_counter()
-                layer(x)
-                if rep:  # the first pass warms up
-                    times[r].append(time.perf_counter() - begin)
-    return {r: calls * 1e3 * float(np.median(t)) for r, t in times.items()}
+        times = interleaved(Timer(x.device), {r: functools.partial(layer, x) for r, layer in convs.items()},
+                            reps, warmup=1)
+    return {r: calls * float(np.median(t)) for r, t in times.items()}
 
 
 def _allocate(layers, need, tolerance):
