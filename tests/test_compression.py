@@ -263,9 +263,10 @@ def test_prune_baseline_runs_the_same_pipeline(setup):
     assert report['networks'][1]['latency'] is not None
 
 
-def test_shift_mode_copy_builds_copy_layers(setup):
+def test_shift_mode_copy_and_input_scales_reach_the_run(setup):
     """--shift_mode copy (the paper's ablation, a cheaper step) reaches the Ghost network: its options say so and
-    every ghost layer of the written network copies without a move; an unknown mode is refused by name."""
+    every ghost layer of the written network copies without a move; --input_scales reaches the training set's
+    options (LRFolderDataset's input_scales). An unknown mode and a factor outside (0, 1] are refused by name."""
     from ghostsr_plugin.archs.build import load_network
     from ghostsr_plugin.ops import ghost_layers
     from ghostsr_plugin.pipeline.compression import compress
@@ -273,14 +274,17 @@ def test_shift_mode_copy_builds_copy_layers(setup):
     import yaml
     root, images = setup
     out = root / 'copy'
-    proc = run([python(), *_args(root, images, out, '--iters', '1', '--start', 'cluster', '--shift_mode', 'copy')],
-               root)
+    proc = run([python(), *_args(root, images, out, '--iters', '1', '--start', 'cluster', '--shift_mode', 'copy',
+                                 '--input_scales', '1', '0.5')], root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert yaml.safe_load((out / 'ghost.yml').read_text())['network_g']['shift_mode'] == 'copy'
+    assert yaml.safe_load((out / 'train.yml').read_text())['datasets']['train']['input_scales'] == [1.0, 0.5]
     layers = ghost_layers(load_network(str(out / 'ghost.yml'), str(out / 'ghost.pth')))
     assert layers and all(layer.shift_mode == 'copy' and layer.shift_logits is None for layer in layers)
     with pytest.raises(UserInputError, match="--shift_mode 'shifty': allowed learnable, fixed, copy"):
         compress(str(root / 'never'), [str(images)], arch='EDSR', shift_mode='shifty')
+    with pytest.raises(UserInputError, match=r'--input_scales 1 2: allowed resize factors in \(0, 1\]'):
+        compress(str(root / 'never'), [str(images)], arch='EDSR', input_scales=[1, 2])
     assert not (root / 'never').exists()
 
 

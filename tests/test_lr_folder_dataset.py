@@ -56,6 +56,26 @@ def test_downscale_is_the_matlab_bicubic_of_the_crop(tmp_path):
     assert item['lq'].shape == (3, 12, 12) and torch.equal(item['lq'], _as_tensor(expected))
 
 
+def test_input_scales_resize_a_larger_crop_with_matlab_bicubic(tmp_path):
+    """input_scales [0.5]: an image of exactly one 24x24 region gives the 12x12 patch BasicSR's MATLAB imresize makes
+    of it (one rounding to 8 bits); with [1, 0.5] a 12x12 image, too small for the 0.5 region, is still served at 1,
+    as itself; an image too small for the largest factor is left out, named with the size it needs."""
+    from basicsr.utils.matlab_functions import imresize
+    folder = _folder(tmp_path, [(24, 24)])
+    item = _dataset(folder, lq_size=12, input_scales=[0.5], use_hflip=False, use_rot=False)[0]
+    image = cv2.imread(str(folder / 'img0.png')).astype(np.float32) / 255.
+    expected = np.clip(np.round(imresize(image, 0.5) * 255.), 0, 255).astype(np.uint8)
+    assert item['lq'].shape == (3, 12, 12) and torch.equal(item['lq'], _as_tensor(expected))
+    flipped = _dataset(folder, lq_size=12, input_scales=[0.5], use_hflip=True, use_rot=True)  # BasicSR's in-place
+    assert all(flipped[0]['lq'].shape == (3, 12, 12) for _ in range(8))                       # flips take it
+    small = _folder(tmp_path, [(12, 12)], name='small')
+    dataset = _dataset(small, lq_size=12, input_scales=[1, 0.5], use_hflip=False, use_rot=False)
+    assert all(torch.equal(dataset[0]['lq'], _as_tensor(cv2.imread(str(small / 'img0.png')))) for _ in range(5))
+    with pytest.raises(ValueError, match=r'a patch of 24x24 pixels \(lq_size 12, inputs: as-is, cut at 1/0.5 of that '
+                                         r'before resizing: input_scales\)'):
+        _dataset(small, lq_size=12, input_scales=[0.5])
+
+
 def test_random_patches_stay_inside_and_augment(tmp_path):
     """Larger images give lq_size patches that are pieces of the image (a flip or rotation of one)."""
     folder = _folder(tmp_path, [(40, 31), (17, 50)])
@@ -87,6 +107,7 @@ def test_small_images_are_left_out_and_named(tmp_path):
     ('missing', 'is not a folder'),
     ('inputs', "inputs: 'bicubic' is not an input mode; allowed: as-is, downscale"),
     ('lq_size', 'lq_size: must be a positive integer (the LR patch side), got 0'),
+    ('input_scales', 'input_scales: [1, 2]; allowed a list of resize factors in (0, 1], e.g. [1, 0.5]'),
 ])
 def test_bad_folders_and_options_are_named(case, message, tmp_path):
     """A folder with no image large enough, without images, missing, or a bad option: one error naming it."""
@@ -100,6 +121,8 @@ def test_bad_folders_and_options_are_named(case, message, tmp_path):
         opt = {'inputs': 'bicubic'}
     if case == 'lq_size':
         opt = {'lq_size': 0}
+    if case == 'input_scales':
+        opt = {'input_scales': [1, 2]}
     with pytest.raises((ValueError, FileNotFoundError)) as err:
         _dataset(folder, **opt)
     assert message in str(err.value)

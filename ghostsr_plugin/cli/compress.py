@@ -54,6 +54,8 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='training device (cpu)')
     parser.add_argument('--nproc', type=int, default=1, help='training processes (torch.distributed.run) (1)')
     parser.add_argument('--lq_size', type=int, default=48, help='LR patch side (48)')
+    parser.add_argument('--input_scales', type=float, nargs='+', default=[1.0],
+                        help='also cut training patches from the images resized by these factors, e.g. 1 0.5 0.25 (1)')
     parser.add_argument('--batch_size', type=int, default=16, help='patches per step (16)')
     parser.add_argument('--lr', type=float, default=5e-4, help='Adam learning rate, cosine decay (5e-4)')
     parser.add_argument('--seed', type=int, default=0)
@@ -67,5 +69,5 @@ def main(argv=None):
              args.bench, args.data, args.ghost_ratio, args.start, args.device, args.export, args.auto_resume,
              args.lq_size, args.batch_size, args.lr, args.nproc, args.seed, progress=not args.no_progress,
              log=functools.partial(print, flush=True), baseline=args.baseline, prune_ratio=args.prune_ratio,
-             shift_mode=args.shift_mode)
+             shift_mode=args.shift_mode, input_scales=args.input_scales)
     return 0

@@ -12,6 +12,8 @@ all the data needed.
                                # downscale: each patch is first down-scaled by the scale with MATLAB bicubic
                                # (bicubic-trained models, e.g. EDSR, CARN)
         lq_size: 48            # side of the LR patch fed to the network
+        input_scales: [1, 0.5] # optional: each patch is cut from the image resized by one of these factors (drawn per
+                               # patch; MATLAB bicubic), so every image also serves at other sizes (default [1])
         use_hflip: true
         use_rot: true
         batch_size_per_gpu: 16
@@ -23,13 +25,16 @@ all the data needed.
         val_crop: 128          # optional, validation: the centre val_crop x val_crop LR pixels of each image
 
 Every item is ``{'lq': [3, lq_size, lq_size] RGB float tensor in [0, 1], 'lq_path': path}``: a random crop of one image
-(of ``lq_size * scale`` pixels for ``downscale``, then down-scaled), flipped / rotated as BasicSR's ``augment`` does. In
+(of ``lq_size * scale`` pixels for ``downscale``, then down-scaled), flipped / rotated as BasicSR's ``augment`` does.
+With ``input_scales`` the crop is first taken at ``1 / s`` times that side, for a factor ``s`` drawn per patch among
+those the image is large enough for, and resized by ``s`` with BasicSR's MATLAB bicubic ``imresize``. In
 a validation phase (``val``, ``val_<n>``) an item is a whole image (for ``downscale``: mod-cropped to the scale and
 down-scaled; the centre ``val_crop`` LR pixels when set), not augmented; GhostSRModel then measures its metrics against the ``distill:`` teacher's output, i.e. the
 fidelity of the Ghost network to the original (e.g. ``calculate_psnr`` with ``crop_border: 0``, ``test_y_channel:
 false`` for RGB fidelity). Images are read as BasicSR reads them (8-bit BGR; grey, RGBA and 16-bit images converted).
-Image sizes are read from the headers when the set is built: images smaller than a patch are left out and named once; a
-folder without an image large enough is an error naming it and the size needed.
+Image sizes are read from the headers when the set is built: images smaller than a patch (at the largest of
+``input_scales``) are left out and named once; a folder without an image large enough is an error naming it and the
+size needed.
 """
 import logging
 import os
@@ -40,6 +45,7 @@ from torch.utils import data
 
 from basicsr.data.transforms import augment
 from basicsr.utils import img2tensor
+from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
 from ghostsr_plugin.data.bicubic import bicubic_downscale, modcrop
 from ghostsr_plugin.utils.errors import UserInputError
@@ -94,6 +100,16 @@ def _listed(list_file, folder_paths=None):
     return listed
 
 
+def _input_scales(scales):
+    """``input_scales`` checked: a non-empty list of numbers in (0, 1]."""
+    if isinstance(scales, (int, float)) and not isinstance(scales, bool):
+        scales = [scales]
+    if (not isinstance(scales, (list, tuple)) or not scales
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in scales)):
+        raise UserInputError(f'input_scales: {scales!r}; allowed a list of resize factors in (0, 1], e.g. [1, 0.5]')
+    return sorted({float(s) for s in scales}, reverse=True)
+
+
 def centre_crop(img, size):
     """The centre ``size`` x ``size`` pixels of an H x W (x C) image (the whole side where it is smaller)."""
     top, left = max(img.shape[0] - size, 0) // 2, max(img.shape[1] - size, 0) // 2
@@ -122,6 +138,9 @@ class LRFolderDataset(data.Dataset):
             raise UserInputError(f'io_backend: {backend!r} is not supported by LRFolderDataset; allowed: disk')
         self.train = opt.get('phase', 'train') == 'train'
         self.crop = (self.lq_size if self.train else 1) * (self.scale if self.inputs == 'downscale' else 1)
+        self.input_scales = _input_scales(opt.get('input_scales', [1]))
+        if self.train:  # the crop side before resizing, per factor (the factor 1 crops the patch itself)
+            self.regions = {s: max(self.crop, round(self.crop / s)) for s in self.input_scales}
         self.val_crop = opt.get('val_crop')
         if self.val_crop is not None and (isinstance(self.val_crop, bool) or not isinstance(self.val_crop, int)
                                           or self.val_crop < 1):
@@ -134,14 +153,17 @@ class LRFolderDataset(data.Dataset):
         self.paths = self._large_enough(paths)
 
     def _large_enough(self, paths):
-        """The images a ``crop`` x ``crop`` patch fits in (sizes from the headers); the others named once."""
+        """The images a ``crop`` x ``crop`` patch fits in (sizes from the headers; with ``input_scales``, at the
+        largest factor); the others named once."""
+        side = self.regions[self.input_scales[0]] if self.train else self.crop
         kept, small = [], []
         for path in paths:
             height, width = image_size(path)
-            (kept if min(height, width) >= self.crop else small).append(path)
+            (kept if min(height, width) >= side else small).append(path)
         patch = f'lq_size {self.lq_size}' if self.train else 'whole images'
-        need = f'{self.crop}x{self.crop} pixels ({patch}' + \
-            (f' x scale {self.scale}, inputs: downscale)' if self.inputs == 'downscale' else ', inputs: as-is)')
+        need = f'{side}x{side} pixels ({patch}' + \
+            (f' x scale {self.scale}, inputs: downscale' if self.inputs == 'downscale' else ', inputs: as-is') + \
+            (f', cut at 1/{self.input_scales[0]:g} of that before resizing: input_scales)' if side != self.crop else ')')
         if not kept:
             raise UserInputError(f'dataroot_lq: no image is large enough for a patch of {need}; allowed: images of at '
                                  'least that size, or a smaller lq_size')
@@ -165,9 +187,14 @@ class LRFolderDataset(data.Dataset):
             if self.val_crop:
                 img = centre_crop(img, self.val_crop)
             return {'lq': img2tensor(img.astype(np.float32) / 255., bgr2rgb=True, float32=True), 'lq_path': path}
-        top = random.randint(0, img.shape[0] - self.crop)
-        left = random.randint(0, img.shape[1] - self.crop)
-        patch = img[top:top + self.crop, left:left + self.crop]
+        factor = random.choice([s for s in self.input_scales if self.regions[s] <= min(img.shape[:2])])
+        region = self.regions[factor]
+        top = random.randint(0, img.shape[0] - region)
+        left = random.randint(0, img.shape[1] - region)
+        patch = img[top:top + region, left:left + region]
+        if region != self.crop:  # down-sized by the factor (float MATLAB bicubic, one rounding to 8 bits)
+            resized = imresize(patch.astype(np.float32) / 255., self.crop / region)[:self.crop, :self.crop]
+            patch = np.ascontiguousarray(np.clip(np.round(resized * 255.), 0, 255).astype(np.uint8))
         if self.inputs == 'downscale':  # contiguous again: BasicSR's augment flips in place with OpenCV
             patch = np.ascontiguousarray(bicubic_downscale(np.ascontiguousarray(patch), self.scale))
         patch = augment(patch, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))

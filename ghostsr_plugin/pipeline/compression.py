@@ -64,7 +64,7 @@ MAX_HELD_OUT = 8
 
 
 def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt,
-                     arch, baseline, prune_ratio, shift_mode='learnable'):
+                     arch, baseline, prune_ratio, shift_mode='learnable', input_scales=(1, )):
     if sum(x is not None for x in (model, opt, arch)) != 1:
         raise UserInputError('give the network as one of --model (a checkpoint), -opt (an option file) or --arch')
     if not images:
@@ -90,6 +90,9 @@ def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, 
     for option, value in (('--lq_size', lq_size), ('--batch_size', batch_size), ('--nproc', nproc)):
         if not (isinstance(value, int) and value >= 1):
             raise UserInputError(f'{option} {value}: allowed an integer >= 1')
+    if not input_scales or not all(isinstance(s, (int, float)) and 0 < s <= 1 for s in input_scales):
+        raise UserInputError(f'--input_scales {" ".join(map(str, input_scales or []))}: allowed resize factors in '
+                             '(0, 1], e.g. 1 0.5')
 
 
 def split_images(images, val=None, val_share=0.1):
@@ -124,12 +127,14 @@ def _in_channels(net):
     return next(m.in_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def _dataset_options(list_file, phase, scale, inputs, lq_size, batch_size, val_crop=None):
+def _dataset_options(list_file, phase, scale, inputs, lq_size, batch_size, val_crop=None, input_scales=(1, )):
     opt = {'name': 'held_out' if phase == 'val' else 'images', 'type': 'LRFolderDataset', 'phase': phase,
            'scale': scale, 'image_list': list_file, 'inputs': inputs, 'io_backend': {'type': 'disk'}}
     if phase == 'train':
         opt.update(lq_size=lq_size, use_hflip=True, use_rot=True, batch_size_per_gpu=batch_size, num_worker_per_gpu=1,
                    dataset_enlarge_ratio=1, prefetch_mode=None)
+        if list(input_scales) != [1]:
+            opt['input_scales'] = [float(s) for s in input_scales]
     elif val_crop:
         opt['val_crop'] = val_crop
     return opt
@@ -317,11 +322,12 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
              network_key='network_g', minutes=None, iters=None, inputs='as-is', val=None, val_share=0.1, bench=(),
              data=DEFAULT_DATA, ghost_ratio=0.5, start='calibrate', device='cpu', export=False, auto_resume=False,
              lq_size=48, batch_size=16, lr=5e-4, nproc=1, seed=0, progress=True, log=print, baseline=None,
-             prune_ratio=None, shift_mode='learnable'):
+             prune_ratio=None, shift_mode='learnable', input_scales=(1, )):
     """Compress the network (``model`` | ``opt`` | ``arch`` + ``pretrained``) on the images of ``images`` into
     ``out`` (the steps and files in the module docstring). ``minutes`` (default 15 when ``iters`` is not given)
     or ``iters`` is the fine-tune's budget. ``shift_mode`` is the ghost layers' (§3.1 learned offsets, 'copy' or
-    'fixed'). ``baseline='prune'`` starts from the plain network with its channels
+    'fixed'). ``input_scales`` (factors in (0, 1]) also serve every training image resized by them (LRFolderDataset's
+    option of that name). ``baseline='prune'`` starts from the plain network with its channels
     pruned (:mod:`ghostsr_plugin.compress.pruning`; by ``prune_ratio``, default the ratio that matches the Ghost
     network's params) instead of the Ghost network, with the same fine-tune, files and report. Returns the report
     (as ``report.json``)."""
@@ -332,14 +338,15 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
     if minutes is None and iters is None:
         minutes = 15
     _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, batch_size, nproc, model, opt, arch,
-                     baseline, prune_ratio, shift_mode)
+                     baseline, prune_ratio, shift_mode, input_scales)
     out = os.path.abspath(out)
     data = os.path.abspath(data)
     record = _arguments_record(images=images, model=model, opt=opt, arch=arch, arch_args=arch_args,
                                pretrained=pretrained, param_key=param_key, network_key=network_key, minutes=minutes,
                                iters=iters, inputs=inputs, val=val, val_share=val_share, ghost_ratio=ghost_ratio,
                                start=start, lq_size=lq_size, batch_size=batch_size, lr=lr, seed=seed,
-                               baseline=baseline, prune_ratio=prune_ratio, shift_mode=shift_mode)
+                               baseline=baseline, prune_ratio=prune_ratio, shift_mode=shift_mode,
+                               input_scales=[float(s) for s in input_scales])
     manifest = _check_out(out, record, auto_resume)
     train_paths, held_paths = split_images(images, val, val_share)
     if bench:
@@ -353,7 +360,7 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
     plain.eval()  # its weights stay trainable: the start fits and prunes copies of the trainable layers
     scale = _network_scale(plain, _in_channels(plain), trace_size)
     train_set = _dataset_options(os.path.join(out, 'train_images.txt'), 'train', scale, inputs, lq_size,
-                                 batch_size)
+                                 batch_size, input_scales=input_scales)
     val_set = _dataset_options(os.path.join(out, 'val_images.txt'), 'val', scale, inputs, lq_size,
                                batch_size, val_crop=128)
 
