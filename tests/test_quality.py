@@ -133,6 +133,17 @@ def test_converted_images_are_named_once_and_read_as_basicsr(bench, tmp_path):
                      'RGBA: img2x2.png; grey: img0.png)']
 
 
+def test_a_data_folder_holding_the_benchmark_root_is_accepted(bench):
+    """set_pairs takes the benchmark root or the data folder holding it as benchmark/ (compress's --data), giving the
+    same pairs; a set in neither is an error naming the sets there."""
+    data = bench.parent / 'data'
+    data.mkdir()
+    bench.rename(data / 'benchmark')
+    assert set_pairs(str(data), 'Tiny', SCALE) == set_pairs(str(data / 'benchmark'), 'Tiny', SCALE)
+    with pytest.raises(FileNotFoundError, match='set Nope: .* does not exist'):
+        set_pairs(str(data), 'Nope', SCALE)
+
+
 def test_scale_comes_from_the_option_file(bench, tmp_path, capsys):
     """With -opt and no --scale, the option file's ``scale`` is used; without one, the error says --scale is needed."""
     import yaml

@@ -24,7 +24,8 @@ def main(argv=None):
     parser.add_argument('--param_key', default='params')
     parser.add_argument('--set', nargs='+', default=['Set5'], help='benchmark sets (Set5 Set14 B100)')
     parser.add_argument('--scale', type=int, default=None, help="upscale factor (default: the option file's scale)")
-    parser.add_argument('--data', default=DEFAULT_BENCHMARK, help='benchmark root (default ../shared/data/benchmark)')
+    parser.add_argument('--data', default=DEFAULT_BENCHMARK,
+                        help='benchmark root, or the data folder holding it as benchmark/ (../shared/data/benchmark)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', default=None, help='write the results here')
     parser.add_argument('--skip-mismatched', action='store_true',

@@ -25,7 +25,8 @@ def parse_args(argv=None):
     parser.add_argument('--labels', nargs='+', default=None, help='one label per network (default: type, scale, '
                         'checkpoint name)')
     parser.add_argument('--set', nargs='+', default=['Set5', 'Set14'], help='benchmark sets (default Set5 Set14)')
-    parser.add_argument('--data', default=DEFAULT_BENCHMARK, help='benchmark root (default ../shared/data/benchmark)')
+    parser.add_argument('--data', default=DEFAULT_BENCHMARK,
+                        help='benchmark root, or the data folder holding it as benchmark/ (../shared/data/benchmark)')
     parser.add_argument('--out', default='results/report', help='output prefix: <out>.md/.json/.png')
     parser.add_argument('--device', default='cpu', help='cpu (default), cuda or cuda:N')
     parser.add_argument('--latency-size', default=None,

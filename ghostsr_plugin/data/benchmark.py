@@ -15,8 +15,11 @@ DEFAULT_BENCHMARK = os.path.join(DEFAULT_DATA, 'benchmark')
 
 def set_pairs(data_root, name, scale):
     """[(image name, HR path, LR path)] of one benchmark set; a missing folder or LR image, or a stray file in HR/
-    or in the LR folder, is an error naming it (hidden files are ignored)."""
+    or in the LR folder, is an error naming it (hidden files are ignored). ``data_root`` is the benchmark root, or the
+    data folder that holds it as ``benchmark/`` (what ``compress --data`` takes)."""
     set_dir = os.path.join(data_root, name)
+    if not os.path.isdir(set_dir) and os.path.isdir(os.path.join(data_root, 'benchmark', name)):
+        data_root, set_dir = os.path.join(data_root, 'benchmark'), os.path.join(data_root, 'benchmark', name)
     if not os.path.isdir(set_dir):
         sets = sorted(d for d in os.listdir(data_root) if os.path.isdir(os.path.join(data_root, d))) \
             if os.path.isdir(data_root) else []

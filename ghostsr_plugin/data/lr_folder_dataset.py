@@ -162,8 +162,8 @@ class LRFolderDataset(data.Dataset):
             (kept if min(height, width) >= side else small).append(path)
         patch = f'lq_size {self.lq_size}' if self.train else 'whole images'
         need = f'{side}x{side} pixels ({patch}' + \
-            (f' x scale {self.scale}, inputs: downscale' if self.inputs == 'downscale' else ', inputs: as-is') + \
-            (f', cut at 1/{self.input_scales[0]:g} of that before resizing: input_scales)' if side != self.crop else ')')
+            (f' x scale {self.scale}, inputs: downscale' if self.inputs == 'downscale' else ', inputs: as-is')
+        need += f', cut at 1/{self.input_scales[0]:g} of that before resizing: input_scales)' if side != self.crop else ')'
         if not kept:
             raise UserInputError(f'dataroot_lq: no image is large enough for a patch of {need}; allowed: images of at '
                                  'least that size, or a smaller lq_size')
