@@ -27,11 +27,12 @@ all the data needed.
 Every item is ``{'lq': [3, lq_size, lq_size] RGB float tensor in [0, 1], 'lq_path': path}``: a random crop of one image
 (of ``lq_size * scale`` pixels for ``downscale``, then down-scaled), flipped / rotated as BasicSR's ``augment`` does.
 With ``input_scales`` the crop is first taken at ``1 / s`` times that side, for a factor ``s`` drawn per patch among
-those the image is large enough for, and resized by ``s`` with BasicSR's MATLAB bicubic ``imresize``. In
-a validation phase (``val``, ``val_<n>``) an item is a whole image (for ``downscale``: mod-cropped to the scale and
-down-scaled; the centre ``val_crop`` LR pixels when set), not augmented; GhostSRModel then measures its metrics against the ``distill:`` teacher's output, i.e. the
-fidelity of the Ghost network to the original (e.g. ``calculate_psnr`` with ``crop_border: 0``, ``test_y_channel:
-false`` for RGB fidelity). Images are read as BasicSR reads them (8-bit BGR; grey, RGBA and 16-bit images converted).
+those the image is large enough for, and resized by ``s`` with BasicSR's MATLAB bicubic ``imresize``. In a
+validation phase (``val``, ``val_<n>``) an item is a whole image (for ``downscale``: mod-cropped to the scale and
+down-scaled; the centre ``val_crop`` LR pixels when set), not augmented; GhostSRModel then measures its metrics
+against the ``distill:`` teacher's output, i.e. the fidelity of the Ghost network to the original (e.g.
+``calculate_psnr`` with ``crop_border: 0``, ``test_y_channel: false`` for RGB fidelity). Images are read as BasicSR
+reads them (8-bit BGR; grey, RGBA and 16-bit images converted).
 Image sizes are read from the headers when the set is built: images smaller than a patch (at the largest of
 ``input_scales``) are left out and named once; a folder without an image large enough is an error naming it and the
 size needed.
@@ -163,7 +164,8 @@ class LRFolderDataset(data.Dataset):
         patch = f'lq_size {self.lq_size}' if self.train else 'whole images'
         need = f'{side}x{side} pixels ({patch}' + \
             (f' x scale {self.scale}, inputs: downscale' if self.inputs == 'downscale' else ', inputs: as-is')
-        need += f', cut at 1/{self.input_scales[0]:g} of that before resizing: input_scales)' if side != self.crop else ')'
+        cut = f', cut at 1/{self.input_scales[0]:g} of that before resizing: input_scales' if side != self.crop else ''
+        need += cut + ')'
         if not kept:
             raise UserInputError(f'dataroot_lq: no image is large enough for a patch of {need}; allowed: images of at '
                                  'least that size, or a smaller lq_size')
