@@ -147,28 +147,23 @@ def test_ratios_meet_the_flops_budget(trained):
 
 
 def test_time_budget_keeps_the_conv_time_of_uniform_ratio(trained, monkeypatch):
-    """cost='time' chooses the λ from each layer's measured times. With the timer replaced by a table where a
+    """cost='time' chooses the λ from each layer's measured conv times. With the timer replaced by a table where a
     conv of 16 filters costs 10, of 9 to 15 also 10 and of 8 or fewer 6 (time is not proportional to filters: a CPU
     can run 4 as slowly as 8), every layer needs λ >= 0.5 to save anything, and λ = 0.625 / 0.75 save no more than 0.5
-    but lose more: every layer gets 0.5, and the chosen convs' time equals uniform λ = 0.5's. The timer is told the
-    activation ghostify fuses after each layer (EDSR: the ReLU after a block's first conv; the residual add after its
-    second is not timed). The options rebuild the network. A bad ``cost``, and a FLOPs budget with cost='time', are
-    errors naming what is allowed."""
+    but lose more: every layer gets 0.5, and the chosen convs' time equals uniform λ = 0.5's. The options rebuild the
+    network. A bad ``cost``, and a FLOPs budget with cost='time', are errors naming what is allowed."""
     from ghostsr_plugin.compress import calibration
-    seen = set()
 
-    def table(conv, x, ratios, calls, activation=None, reps=calibration.TIME_REPS):
-        seen.add(activation)
+    def table(conv, x, ratios, calls, reps=calibration.TIME_REPS):
         widths = {r: calibration.num_intrinsic_channels(conv.out_channels, r, conv.groups) for r in ratios}
         return {0: 10.0 * calls, **{r: calls * (10.0 if n > 8 else 6.0) for r, n in widths.items()}}
 
-    monkeypatch.setattr(calibration, '_layer_times', table)
+    monkeypatch.setattr(calibration, '_conv_times', table)
     net, inputs, held_out = trained
     options = {'type': 'Ghost', 'network': EDSR_OPTIONS}
     ghost, chosen, report = calibrated_ghost(net, options, inputs, cost='time', progress=False, log=lambda line: None)
     ratios = {n: e['ratio'] for n, e in report['layers'].items() if 'ratio' in e}
     assert set(ratios.values()) == {0.5} and report['cost'] == 'time' and report['budget'] is None
-    assert seen == {None, 'relu'}
     assert report['conv_ms']['chosen'] == report['conv_ms']['uniform']
     assert report['conv_ms']['uniform'] == pytest.approx(6.0 * len(ratios))
     build_network(copy.deepcopy(chosen)).load_state_dict(ghost.state_dict())
@@ -183,24 +178,22 @@ def test_time_budget_falls_back_to_flops_when_ghosting_saves_no_time(trained, mo
     """Convolutions too small to time (every width measured the same) leave the time budget nothing to spend: the λ
     are then budgeted by FLOPs (at uniform λ's), it says so, and the report's ``cost`` is 'flops'."""
     from ghostsr_plugin.compress import calibration
-    monkeypatch.setattr(calibration, '_layer_times',
-                        lambda conv, x, ratios, calls, activation=None, reps=0: {0: 1.0, **{r: 1.0 for r in ratios}})
+    monkeypatch.setattr(calibration, '_conv_times', lambda conv, x, ratios, calls, reps=0: {0: 1.0, **{r: 1.0 for r in
+                                                                                                      ratios}})
     net, inputs, _ = trained
     lines = []
     ghost, _, report = calibrated_ghost(net, {'type': 'Ghost', 'network': EDSR_OPTIONS}, inputs, cost='time',
                                         progress=False, log=lines.append)
-    assert any('saves no measurable time' in line for line in lines) and report['cost'] == 'flops'
+    assert any('saves no measurable conv time' in line for line in lines) and report['cost'] == 'flops'
     assert report['flops_ratio'] <= report['uniform_flops_ratio'] + 1e-4 and 'conv_ms' not in report
 
 
-def test_layer_times_are_measured_per_width():
-    """The timer returns a positive time for the plain layer (λ = 0) and for the ghost layer at each λ, with each
-    activation a ghost layer fuses, scaled by the number of calls."""
-    from ghostsr_plugin.compress.calibration import _layer_times
+def test_conv_times_are_measured_per_width():
+    """The timer returns a positive time for the full conv (λ = 0) and for each λ, scaled by the number of calls."""
+    from ghostsr_plugin.compress.calibration import _conv_times
     conv = nn.Conv2d(8, 16, 3, padding=1)
-    for activation in (None, 'relu', 'leaky_relu', 'prelu'):
-        times = _layer_times(conv, torch.rand(2, 8, 24, 24), [0.25, 0.5], calls=3, activation=activation, reps=3)
-        assert set(times) == {0, 0.25, 0.5} and all(t > 0 for t in times.values())
+    times = _conv_times(conv, torch.rand(2, 8, 24, 24), [0.25, 0.5], calls=3, reps=3)
+    assert set(times) == {0, 0.25, 0.5} and all(t > 0 for t in times.values())
 
 
 class Pairs(nn.Module):

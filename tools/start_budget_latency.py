@@ -1,5 +1,5 @@
 """The calibrated start's two budgets against latency: the plain network, ghostify at uniform λ, and the calibrated
-start with per-layer λ budgeted by FLOPs (``cost='flops'``) and by measured layer time (``cost='time'``), timed
+start with per-layer λ budgeted by FLOPs (``cost='flops'``) and by measured conv time (``cost='time'``), timed
 interleaved in one run.
 
     .venv/bin/python tools/start_budget_latency.py --model ../shared/data/weights/realesr-animevideov3.pth

@@ -10,9 +10,8 @@ the network computes (CARN_M: 3 dB; a Compact x4 keeps 23.5 dB fidelity to itsel
    (their compensation, which halves what early layers cost in a Compact x4), measures what its error does at the
    network output: s_L, output squared error per unit of e_L. The λ_L minimise Σ s_L·e_L(λ_L) under the budget
    (a multiple-choice knapsack, solved by dynamic programming over the saved multiply-adds, or with
-   ``cost='time'`` over the saved milliseconds of each layer as it runs, timed on this machine: the plain
-   convolution and its activation against the ghost layer's convolution and ghost op, the activation fused); λ = 0
-   keeps a layer plain (``exclude``).
+   ``cost='time'`` over the saved milliseconds of each layer's convolution, timed on this machine); λ = 0 keeps a
+   layer plain (``exclude``).
 2. **Calibration.** One forward of the plain network caches each convolution's output (the targets); one forward of
    the Ghost network then fits each convolution just before its first call, on its actual input there, so what the
    layers before it lost is seen and compensated rather than compounded.
@@ -45,7 +44,7 @@ from ghostsr_plugin.compress.ghostifier import GHOST_ARGS, ghostify
 from ghostsr_plugin.compress.reparam import merge_reparameterized
 from ghostsr_plugin.measure.speed import Timer, interleaved
 from ghostsr_plugin.utils.complexity import count_macs
-from ghostsr_plugin.ops.ghost_conv import FusedPReLU, GhostConv2d, num_intrinsic_channels
+from ghostsr_plugin.ops.ghost_conv import GhostConv2d, num_intrinsic_channels
 from ghostsr_plugin.ops.shift import centre_offset, ghost_shift, offset_to_shift, shift2d, shift_to_offset, window_size
 
 __all__ = ['calibrated_ghost', 'RATIO_CHOICES']
@@ -57,7 +56,7 @@ SELECT_PIXELS = 2**17  # output pixels per layer for the channel-map distances
 PROBE_CROPS = 8  # crops for the per-layer ratio probe
 PROBE_SAMPLES = 2**13  # output positions per layer for the probe's least squares
 OFFSET_MARGIN = 3.0  # learnable layers: the chosen offset's lead in W', so early Gumbel noise keeps it (Eq. 3-5)
-BUDGET_TOLERANCE = 1e-4  # the budget is met to this share of the plain network's multiply-adds (or layer time)
+BUDGET_TOLERANCE = 1e-4  # the budget is met to this share of the plain network's multiply-adds (or conv time)
 TIME_REPS = 7  # cost='time': timed runs of each candidate width of a layer
 COSTS = ('flops', 'time')
 SEED = 0
@@ -310,10 +309,9 @@ def _first_calls(net, batch, keep_inputs=True):
     return output, found
 
 
-def _probe(plain, batch, candidates, ghost_args, progress, activations=None):
+def _probe(plain, batch, candidates, ghost_args, progress, timed=False):
     """Step 1's measurements on ``batch``: {layer: {'macs', 'errors': {λ: s_L·e_L(λ)}}} for the candidate layers,
-    with ``activations`` ({layer: the activation ghostify fuses after it, or None}) also 'ms': {λ: the layer's
-    milliseconds on ``batch`` as it runs (0: plain)}."""
+    with ``timed`` also 'ms': {λ: its convolution's milliseconds on ``batch`` (0: all filters)}."""
     from tqdm import tqdm
     d, reference = ghost_args['ghost_d'], ghost_args['ghost_ratio']
     offsets = _allowed_offsets(ghost_args['shift_mode'], ghost_args['fixed_offset'], d)
@@ -337,8 +335,8 @@ def _probe(plain, batch, candidates, ghost_args, progress, activations=None):
                                         [convs[n] for n in following], generator) / error if error > 1e-9 else 1.0
         found[name] = {'macs': macs, 'out_channels': conv.out_channels, 'groups': conv.groups,
                        'errors': {ratio: sensitivity * fit['error'] for ratio, fit in fits.items()}}
-        if activations is not None:
-            found[name]['ms'] = _layer_times(conv, x, list(fits), calls, activations[name])
+        if timed:
+            found[name]['ms'] = _conv_times(conv, x, list(fits), calls)
     return found
 
 
@@ -381,31 +379,18 @@ def _saving(layer, ratio):
     return layer['macs'] * (m - num_intrinsic_channels(m, ratio, layer['groups'])) / m
 
 
-def _layer_times(conv, x, ratios, calls, activation=None, reps=TIME_REPS):
-    """{λ: milliseconds} of ``conv``'s layer on ``x`` as it runs in the network, ``calls`` times per forward: at
-    λ = 0 the plain convolution followed by ``activation`` (what ghostify fuses after it: 'relu', 'leaky_relu',
-    'prelu', or None), at each λ of ``ratios`` a :class:`GhostConv2d` of that λ (the intrinsic filters' convolution,
-    then the ghost op: the shift into the full output with the activation fused), so what a ghost layer adds to its
-    convolution is counted. Random weights (the time does not depend on them); the median of ``reps`` runs after one
-    warm-up, timed as the report times networks (:func:`~ghostsr_plugin.measure.speed.interleaved`: alternating
-    order, the project's malloc settings)."""
-    args = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
-    plain = nn.Conv2d(*args, groups=conv.groups, bias=conv.bias is not None).to(x.device)
-    prelu = FusedPReLU(conv.out_channels).to(x.device) if activation == 'prelu' else None
-
-    def run_plain():
-        y = plain(x)
-        return F.prelu(y, prelu.weight) if prelu is not None else F.relu(y) if activation else y
-
-    runs = {0: run_plain}
-    for ratio in ratios:
-        layer = GhostConv2d(*args, groups=conv.groups, bias=conv.bias is not None, ratio=ratio, shift_mode='fixed',
-                            relu=activation in ('relu', 'leaky_relu')).to(x.device).eval()
-        if prelu is not None:
-            layer.fuse_prelu(prelu)
-        runs[ratio] = functools.partial(layer, x)
+def _conv_times(conv, x, ratios, calls, reps=TIME_REPS):
+    """{λ: milliseconds} of ``conv``'s convolution on ``x`` with all its filters (λ = 0) and with the intrinsic
+    filters each λ of ``ratios`` keeps (random weights: the time does not depend on them), ``calls`` times per
+    forward; the median of ``reps`` runs after one warm-up, timed as the report times networks
+    (:func:`~ghostsr_plugin.measure.speed.interleaved`: alternating order, the project's malloc settings)."""
+    widths = {0: conv.out_channels}
+    widths.update({r: num_intrinsic_channels(conv.out_channels, r, conv.groups) for r in ratios})
+    convs = {r: nn.Conv2d(conv.in_channels, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                          conv.groups, conv.bias is not None).to(x.device) for r, n in widths.items()}
     with torch.no_grad():
-        times = interleaved(Timer(x.device), runs, reps, warmup=1)
+        times = interleaved(Timer(x.device), {r: functools.partial(layer, x) for r, layer in convs.items()},
+                            reps, warmup=1)
     return {r: calls * float(np.median(t)) for r, t in times.items()}
 
 
@@ -584,9 +569,7 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, cost='flop
         raise ValueError(f'calibration: cost must be one of {", ".join(COSTS)}, got {cost!r}')
     if cost == 'time' and flops_budget is not None:
         raise ValueError("calibration: flops_budget is for cost='flops'; cost='time' budgets the time of uniform λ")
-    fused = {n: None if e['fused'] == 'residual' else e['fused'] for n, e in uniform.ghostify_report.items()}
-    layers = _probe(reference, batch[probe_crops], candidates, ghost_args, progress,
-                    activations=fused if cost == 'time' else None)
+    layers = _probe(reference, batch[probe_crops], candidates, ghost_args, progress, timed=cost == 'time')
 
     size = (1, *batch.shape[1:])
     total = count_macs(reference, size)
@@ -598,7 +581,7 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, cost='flop
         need = sum(_saving(layer, ghost_args['ghost_ratio']) for layer in layers.values())
         tolerance = BUDGET_TOLERANCE * sum(layer['ms'][0] for layer in layers.values())
         if need <= tolerance:  # convs this small take no measurable time less when ghosted: budget the FLOPs
-            log(f'calibration: ghosting at uniform λ={ghost_args["ghost_ratio"]:g} saves no measurable time on '
+            log(f'calibration: ghosting at uniform λ={ghost_args["ghost_ratio"]:g} saves no measurable conv time on '
                 'this machine; the λ are budgeted by FLOPs instead')
             cost = 'flops'
             for layer in layers.values():
@@ -648,7 +631,7 @@ def calibrated_ghost(plain, ghost_options, inputs, flops_budget=None, cost='flop
         report['conv_ms'] = {'plain': sum(layer['ms'][0] for layer in layers.values()),
                              'uniform': sum(layer['ms'][0] - _saving(layer, ratio) for layer in layers.values()),
                              'chosen': sum(layer['ms'][0] - _saving(layer, chosen[n]) for n, layer in layers.items())}
-        budget_text = (f'the candidate layers timed at {report["conv_ms"]["chosen"]:.1f} ms against '
+        budget_text = (f'the ghosted convs timed at {report["conv_ms"]["chosen"]:.1f} ms against '
                        f'{report["conv_ms"]["uniform"]:.1f} at uniform λ={ratio:g}, {report["conv_ms"]["plain"]:.1f} '
                        'plain')
     ghosted = {n: e['ratio'] for n, e in fits.items() if e.get('intrinsic')}

@@ -55,7 +55,7 @@ from ghostsr_plugin.utils.errors import RunFailedError, UserInputError
 
 __all__ = ['STARTS', 'BASELINES', 'compress', 'split_images', 'calibration_inputs', 'crops_figure']
 
-STARTS = ('calibrate', 'calibrate_flops', 'cluster')  # calibrate: per-layer λ under measured layer time
+STARTS = ('calibrate', 'calibrate_flops', 'cluster')  # calibrate: per-layer λ under measured conv time
 BASELINES = ('prune',)  # instead of the Ghost network: Torch-Pruning's structured channel pruning
 MANIFEST = 'compress.json'
 RUN_NAME = 'finetune'  # BasicSR's experiment under <out>/experiments/
