@@ -1,7 +1,7 @@
 """The benchmark runs end to end on the CPU (a smoke test: timings are not asserted, only that every comparison
 of issue 4 is measured and reported with its device); the command ``ghostsr bench`` drives the
-library ``ghostsr_plugin.measure.speed`` and reports bad options in one line with exit code 2; the interleaved
-timer alternates the order and feeds a progress bar."""
+library ``ghostsr_plugin.measure.speed`` and reports bad options in one line with exit code 2 (the interleaved timer
+it uses: tests/test_timing.py)."""
 import json
 
 from ghostsr_plugin.cli import bench as command
@@ -52,25 +52,3 @@ def test_compile_only_is_refused_on_the_cpu(capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1
     assert err.startswith('ghostsr bench: error: --compile only:') and 'allowed on the CPU' in err
-
-
-def test_interleaved_alternates_the_order_and_counts_every_call():
-    calls, ticks = [], []
-
-    class Bar:
-        def update(self):
-            ticks.append(1)
-
-    fns = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
-    times = bench.interleaved(lambda fn: fn() or 1.0, fns, reps=3, warmup=1, progress=Bar())
-    assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
-    assert times == {'a': [1.0] * 3, 'b': [1.0] * 3} and len(ticks) == 8
-
-
-def test_interleaved_times_under_the_tuned_allocator(monkeypatch):
-    """Every interleaved timing first applies the glibc malloc settings (so a network's time does not depend on the
-    page faults its neighbour in the order leaves), before the first call."""
-    events = []
-    monkeypatch.setattr(bench, 'tune_malloc', lambda: events.append('tune') or True)
-    bench.interleaved(lambda fn: fn() or 1.0, {'a': lambda: events.append('a')}, reps=1, warmup=0)
-    assert events == ['tune', 'a']

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from ghostsr_plugin.compress.ghostifier import GHOST_ARGS, ghostify
 from ghostsr_plugin.compress.reparam import merge_reparameterized
-from ghostsr_plugin.measure.speed import Timer, interleaved
+from ghostsr_plugin.utils.timing import Timer, interleaved
 from ghostsr_plugin.utils.complexity import count_macs
 from ghostsr_plugin.ops.ghost_conv import GhostConv2d, num_intrinsic_channels
 from ghostsr_plugin.ops.shift import centre_offset, ghost_shift, offset_to_shift, shift2d, shift_to_offset, window_size
