@@ -383,7 +383,7 @@ def _conv_times(conv, x, ratios, calls, reps=TIME_REPS):
     """{λ: milliseconds} of ``conv``'s convolution on ``x`` with all its filters (λ = 0) and with the intrinsic
     filters each λ of ``ratios`` keeps (random weights: the time does not depend on them), ``calls`` times per
     forward; the median of ``reps`` runs after one warm-up, timed as the report times networks
-    (:func:`~ghostsr_plugin.measure.speed.interleaved`: alternating order, the project's malloc settings)."""
+    (:func:`~ghostsr_plugin.utils.timing.interleaved`: alternating order, the project's malloc settings)."""
     widths = {0: conv.out_channels}
     widths.update({r: num_intrinsic_channels(conv.out_channels, r, conv.groups) for r in ratios})
     convs = {r: nn.Conv2d(conv.in_channels, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation,

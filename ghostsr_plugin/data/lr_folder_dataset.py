@@ -52,7 +52,7 @@ from ghostsr_plugin.data.bicubic import bicubic_downscale, modcrop
 from ghostsr_plugin.utils.errors import UserInputError
 from ghostsr_plugin.utils.images import IMAGE_EXTENSIONS, image_size, is_image_name, read_image
 
-__all__ = ['INPUT_MODES', 'LRFolderDataset', 'list_folder_images']
+__all__ = ['INPUT_MODES', 'LRFolderDataset', 'check_input_scales', 'list_folder_images']
 
 INPUT_MODES = ('as-is', 'downscale')
 
@@ -101,7 +101,7 @@ def _listed(list_file, folder_paths=None):
     return listed
 
 
-def _input_scales(scales):
+def check_input_scales(scales):
     """``input_scales`` checked: a non-empty list of numbers in (0, 1]."""
     if isinstance(scales, (int, float)) and not isinstance(scales, bool):
         scales = [scales]
@@ -139,7 +139,7 @@ class LRFolderDataset(data.Dataset):
             raise UserInputError(f'io_backend: {backend!r} is not supported by LRFolderDataset; allowed: disk')
         self.train = opt.get('phase', 'train') == 'train'
         self.crop = (self.lq_size if self.train else 1) * (self.scale if self.inputs == 'downscale' else 1)
-        self.input_scales = _input_scales(opt.get('input_scales', [1]))
+        self.input_scales = check_input_scales(opt.get('input_scales', [1]))
         if self.train:  # the crop side before resizing, per factor (the factor 1 crops the patch itself)
             self.regions = {s: max(self.crop, round(self.crop / s)) for s in self.input_scales}
         self.val_crop = opt.get('val_crop')

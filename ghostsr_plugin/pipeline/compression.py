@@ -45,7 +45,7 @@ import ghostsr_plugin  # noqa: F401  (registers archs, models and datasets; make
 from basicsr.archs import build_network
 from basicsr.utils import tensor2img
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA
-from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES, LRFolderDataset, list_folder_images
+from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES, LRFolderDataset, check_input_scales, list_folder_images
 from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step
 from ghostsr_plugin.ops.ghost_conv import SHIFT_MODES
 from ghostsr_plugin.pipeline.lock import FolderLock
@@ -90,9 +90,11 @@ def _check_arguments(images, minutes, iters, inputs, start, val_share, lq_size, 
     for option, value in (('--lq_size', lq_size), ('--batch_size', batch_size), ('--nproc', nproc)):
         if not (isinstance(value, int) and value >= 1):
             raise UserInputError(f'{option} {value}: allowed an integer >= 1')
-    if not input_scales or not all(isinstance(s, (int, float)) and 0 < s <= 1 for s in input_scales):
+    try:  # the dataset's own rule, named as the command's option
+        check_input_scales(list(input_scales or []))
+    except UserInputError:
         raise UserInputError(f'--input_scales {" ".join(map(str, input_scales or []))}: allowed resize factors in '
-                             '(0, 1], e.g. 1 0.5')
+                             '(0, 1], e.g. 1 0.5') from None
 
 
 def split_images(images, val=None, val_share=0.1):
