@@ -46,7 +46,7 @@ from basicsr.archs import build_network
 from basicsr.utils import tensor2img
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA
 from ghostsr_plugin.data.lr_folder_dataset import INPUT_MODES, LRFolderDataset, check_input_scales, list_folder_images
-from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step
+from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step, timing_seconds
 from ghostsr_plugin.ops.ghost_conv import SHIFT_MODES
 from ghostsr_plugin.pipeline.lock import FolderLock
 from ghostsr_plugin.utils.atomic import atomic_torch_save, atomic_write, atomic_write_json, make_folder, write_bytes
@@ -405,7 +405,7 @@ def compress(out, images, model=None, opt=None, arch=None, arch_args='{}', pretr
             if total_iter is None:
                 ghost = build_network(copy.deepcopy(ghost_opts))
                 ghost.load_state_dict(load_checkpoint(os.path.join(out, 'start.pth')))
-                seconds = seconds_per_step(ghost, plain, train_set)
+                seconds = seconds_per_step(ghost, plain, train_set, min_seconds=timing_seconds(minutes))
                 total_iter = iterations_for(minutes, seconds)
                 log(f'one training step (with its data loading) takes {seconds:.2f} s here: {total_iter} iterations '
                     f'fit {minutes} min')

@@ -45,7 +45,7 @@ from ghostsr_plugin.compress.clustering import cluster_init
 from ghostsr_plugin.compress.conversion import convert_carn
 from ghostsr_plugin.data.benchmark import DEFAULT_DATA, set_pairs
 from ghostsr_plugin.measure.quality import evaluate
-from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step
+from ghostsr_plugin.pipeline.budget import iterations_for, seconds_per_step, timing_seconds
 from ghostsr_plugin.data.prepare import prepare
 from ghostsr_plugin.utils.checkpoint import load_checkpoint
 from ghostsr_plugin.utils.atomic import atomic_torch_save, atomic_write, atomic_write_json
@@ -69,10 +69,10 @@ def ghost_network(scale):
     return {'type': 'GhostCARN_M', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'upscale': scale}
 
 
-def time_per_iteration(scale, teacher, dataset_opt, steps=5):
+def time_per_iteration(scale, teacher, dataset_opt, **timing):
     """Seconds of one training step of GhostCARN_M x``scale`` on the real training set, with the teacher
-    (:func:`ghostsr_plugin.pipeline.budget.seconds_per_step`)."""
-    return seconds_per_step(build_network(ghost_network(scale)), teacher, {**dataset_opt, 'scale': scale}, steps)
+    (:func:`ghostsr_plugin.pipeline.budget.seconds_per_step`, which ``timing`` goes to)."""
+    return seconds_per_step(build_network(ghost_network(scale)), teacher, {**dataset_opt, 'scale': scale}, **timing)
 
 
 def large_enough(train_data, scale, meta_path, patch=LR_PATCH, log=print):
@@ -198,7 +198,8 @@ def run_main_job(data=DEFAULT_DATA, minutes=6.0, iters=None, scale=2, name=None,
 
     meta_path = large_enough(train_data, scale, os.path.join('experiments', f'{name}_meta.txt'), log=log)
     if iters is None:
-        seconds = time_per_iteration(scale, plain.eval(), train_dataset_options(scale, train_data, meta_path))
+        seconds = time_per_iteration(scale, plain.eval(), train_dataset_options(scale, train_data, meta_path),
+                                     min_seconds=timing_seconds(minutes))
         total_iter = iterations_for(minutes, seconds, high=5000)
         log(f'   one training step (with its data loading) takes {seconds:.2f} s here: {total_iter} iterations fit '
               f'{minutes} min')
