@@ -210,6 +210,28 @@ def test_run_reaches_total_iter_when_the_loader_drops_a_partial_batch(tiny_data,
     assert int(state['params']['ghost_schedule.iteration']) == 5
 
 
+def test_training_loaders_keep_their_workers():
+    """Training sets with worker processes get persistent_workers (BasicSR forks them every epoch otherwise); a set
+    without workers (where torch refuses the option), a validation set and an explicit false are left as they are."""
+    from ghostsr_plugin.pipeline.training import keep_workers
+    opt = {'datasets': {'train': {'num_worker_per_gpu': 1}, 'train_2': {'num_worker_per_gpu': 0},
+                        'train_3': {'num_worker_per_gpu': 2, 'persistent_workers': False},
+                        'val': {'num_worker_per_gpu': 1}}}
+    assert keep_workers(opt) == ['train']
+    assert opt['datasets']['train']['persistent_workers'] is True
+    assert 'persistent_workers' not in opt['datasets']['train_2'] and 'persistent_workers' not in opt['datasets']['val']
+    assert opt['datasets']['train_3']['persistent_workers'] is False
+
+
+def test_a_run_with_a_worker_keeps_it(tiny_data, tmp_path):
+    """Through ``ghostsr train``: a 1-worker training set runs its epochs with one persistent worker."""
+    opt = train_options('workers', TINY_NETS['GhostEDSR'], tiny_data, total_iter=4)
+    opt['datasets']['train'].update(num_worker_per_gpu=1, batch_size_per_gpu=4)  # 1 batch an epoch: 4 epochs
+    proc = run([python(), '-m', 'ghostsr_plugin', 'train', '-opt', write_options(opt, tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'datasets.train: the loader keeps its worker processes across epochs' in _log(tmp_path, 'workers')
+
+
 # ----------------------------------------------------------------------------------------------------- testing
 TEST_NET = {'type': 'GhostCARN_M', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'upscale': SCALE}
 
