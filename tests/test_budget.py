@@ -23,7 +23,8 @@ class SlowTeacher(torch.nn.Module):
 
 
 def _dataset(tiny_data):
-    return {**train_options('budget', {'type': 'GhostCARN_M', 'upscale': 2}, tiny_data)['datasets']['train'], 'scale': 2}
+    train_set = train_options('budget', {'type': 'GhostCARN_M', 'upscale': 2}, tiny_data)['datasets']['train']
+    return {**train_set, 'scale': 2}
 
 
 def _net():

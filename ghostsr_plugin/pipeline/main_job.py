@@ -51,7 +51,6 @@ from ghostsr_plugin.utils.checkpoint import load_checkpoint
 from ghostsr_plugin.utils.atomic import atomic_torch_save, atomic_write, atomic_write_json
 from ghostsr_plugin.utils.errors import RunFailedError
 from ghostsr_plugin.utils.images import inspect_image, read_image
-from ghostsr_plugin.utils.malloc import tune_malloc
 
 NEEDED = ('train/T91', 'train/BSD200', 'benchmark/Set5/HR', 'benchmark/Set14/HR', 'weights/carn_m.pth')
 BATCH, LR_PATCH = 16, 48  # §4.1
@@ -178,7 +177,6 @@ def run_main_job(data=DEFAULT_DATA, minutes=6.0, iters=None, scale=2, name=None,
     name = name or f'GhostCARN_M_x{scale}_demo'
     sets = tuple(sets)
     check_data(data)
-    tune_malloc()  # as in the training subprocess, so that the step timing below matches it
     start = time.time()
 
     log('== 1/4 training pairs from T91 + BSD200 (MATLAB bicubic LR, cached) ==')

@@ -7,8 +7,8 @@ GhostCARN_M x2, batch 16 of 48x48 LR, 40 steps): 15.3 million minor page faults,
 step with the defaults; 1.3 million, 13 s and 1.6 s per step with allocations up to 32 MiB kept in the heap and the
 heap never trimmed. The price: the process keeps its peak memory.
 
-``ghostsr train`` / ``test`` and the main job call :func:`tune_malloc`; ``GHOSTSR_MALLOC_TUNING=0``
-keeps glibc's defaults. Elsewhere (not glibc) it does nothing.
+``ghostsr train`` / ``test`` and the minutes-budget step timer (``pipeline.budget``) call :func:`tune_malloc`;
+``GHOSTSR_MALLOC_TUNING=0`` keeps glibc's defaults. Elsewhere (not glibc) it does nothing.
 """
 import ctypes
 import os
